@@ -1,0 +1,10 @@
+"""Strategies that adapt a pretrained backbone to a labelled task."""
+
+from __future__ import annotations
+
+from . import probe  # noqa: F401  (registers the strategy)
+from .base import STRATEGIES, FitContext, Strategy, get_strategy, label_indices, register
+from .model import TransferModel
+
+__all__ = ["STRATEGIES", "FitContext", "Strategy", "TransferModel", "get_strategy",
+           "label_indices", "register"]

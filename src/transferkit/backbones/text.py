@@ -1,0 +1,183 @@
+"""Text backbones: any transformers encoder or decoder LM, pooled to one vector per text."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..data.examples import TEXT
+from ..errors import BackboneNotFoundError, ConfigError
+from .base import Backbone, largest_module_list
+
+POOLINGS = ("mean", "cls", "max", "last")
+BACKBONE_FILE = "transferkit_backbone.json"
+# Decoder LMs see only the past, so the last real token is the one that has read the text.
+_DECODER_SUFFIXES = ("ForCausalLM", "LMHeadModel")
+
+
+class TextBackbone(Backbone):
+    modality = TEXT
+
+    def __init__(
+        self, model: nn.Module, tokenizer: Any, *, pooling: str, normalize: bool,
+        max_length: int, source: str, resolved: str,
+    ) -> None:
+        super().__init__(source, resolved)
+        if pooling not in POOLINGS:
+            raise ConfigError(f"Unknown pooling '{pooling}'. Choose one of: {', '.join(POOLINGS)}.")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.pooling = pooling
+        self.normalize = normalize
+        self.max_length = max_length
+        self.feature_dim = int(model.config.hidden_size)
+
+    # -- preprocessing ----------------------------------------------------------------------
+    def prepare(self, examples: list[Any]) -> list[dict[str, list[int]]]:
+        enc = self.tokenizer(list(examples), truncation=True, max_length=self.max_length)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+        return [{k: enc[k][i] for k in keys} for i in range(len(examples))]
+
+    def collate(self, prepared: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        """Pad one batch to its own longest sequence (never to max_length)."""
+        return dict(self.tokenizer.pad(prepared, padding=True, return_tensors="pt"))
+
+    def preprocess(self, examples: list[Any]) -> dict[str, torch.Tensor]:
+        return self.collate(self.prepare(examples))
+
+    def cost(self, prepared_item: dict[str, list[int]]) -> int:
+        return len(prepared_item["input_ids"])
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"kind": "transformers", "pooling": self.pooling, "normalize": self.normalize,
+                "max_length": self.max_length}
+
+    # -- model ------------------------------------------------------------------------------
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        mask = inputs["attention_mask"]
+        hidden = self.model(**inputs).last_hidden_state.float()
+        pooled = pool(hidden, mask, self.pooling)
+        if self.normalize:
+            pooled = nn.functional.normalize(pooled, p=2, dim=-1)
+        return pooled
+
+    def layer_groups(self) -> list[nn.Module]:
+        layers = largest_module_list(self.model)
+        if layers is None:
+            return [self.model]
+        in_layers = {id(p) for p in layers.parameters()}
+        embeddings = getattr(self.model, "embeddings", None) or self.model.get_input_embeddings()
+        in_embeddings = {id(p) for p in embeddings.parameters()}
+        # Whatever is neither embeddings nor a layer (GPT-2's position table, final norms):
+        # position tables belong with the input side, final norms with the output side.
+        rest_in, rest_out = nn.ModuleList(), nn.ModuleList()
+        for name, child in self.model.named_children():
+            params = {id(p) for p in child.parameters()}
+            if not params or params <= in_layers | in_embeddings:
+                continue
+            (rest_in if "emb" in name or name in ("wpe", "wte") else rest_out).append(child)
+        groups: list[nn.Module] = [nn.ModuleList([embeddings, *rest_in])]
+        groups.extend(layers)
+        if len(rest_out):
+            groups[-1] = nn.ModuleList([groups[-1], *rest_out])
+        return groups
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(directory, safe_serialization=True)
+        self.tokenizer.save_pretrained(directory)
+        (directory / BACKBONE_FILE).write_text(json.dumps(self.preprocessing(), indent=2))
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if how == "mean":
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    if how == "cls":
+        return hidden[:, 0]
+    if how == "max":
+        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).max(1).values
+    # last: right padding, so the last real token sits at (number of real tokens - 1)
+    last = mask.sum(1).clamp(min=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def sentence_transformers_settings(directory: Path) -> dict[str, Any]:
+    """The pooling, normalisation and length a sentence-transformers model was trained with."""
+    modules = _read_json(directory / "modules.json") if (directory / "modules.json").is_file() \
+        else None
+    if not modules:
+        return {}
+    out: dict[str, Any] = {"normalize": False}
+    for module in modules:
+        kind = module.get("type", "")
+        path = directory / module.get("path", "")
+        if kind.endswith("Transformer"):
+            out["subdir"] = module.get("path", "")
+        elif kind.endswith("Pooling"):
+            cfg = _read_json(path / "config.json")
+            if cfg.get("pooling_mode_cls_token"):
+                out["pooling"] = "cls"
+            elif cfg.get("pooling_mode_lasttoken"):
+                out["pooling"] = "last"
+            elif cfg.get("pooling_mode_max_tokens"):
+                out["pooling"] = "max"
+            else:
+                out["pooling"] = "mean"
+        elif kind.endswith("Normalize"):
+            out["normalize"] = True
+    sbert = _read_json(directory / "sentence_bert_config.json")
+    if sbert.get("max_seq_length"):
+        out["max_length"] = int(sbert["max_seq_length"])
+    return out
+
+
+def load_text_backbone(
+    directory: Path, *, source: str, resolved: str, pooling: str | None = None,
+    normalize: bool | None = None, max_length: int | None = None,
+) -> TextBackbone:
+    """Build from a local transformers / sentence-transformers / transferkit folder.
+
+    Loading reads safetensors and JSON only, and never runs code shipped with the model.
+    """
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    settings: dict[str, Any] = {}
+    settings.update(sentence_transformers_settings(directory))
+    settings.update(_read_json(directory / BACKBONE_FILE))
+    model_dir = directory / settings.get("subdir", "")
+    try:
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
+        model = AutoModel.from_pretrained(model_dir, trust_remote_code=False,
+                                          use_safetensors=True, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    except (OSError, ValueError, KeyError) as e:
+        raise BackboneNotFoundError(
+            f"{directory} is not a loadable transformers model ({e}). It needs config.json, "
+            "*.safetensors weights and tokenizer files."
+        ) from e
+    is_decoder = any(a.endswith(_DECODER_SUFFIXES) for a in (config.architectures or []))
+    if getattr(model, "pooler", None) is not None:
+        model.pooler = None  # BERT's pooler is unused by every pooling here; keep it out of DDP
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    tokenizer.padding_side = "right"
+    model.eval()
+    limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    return TextBackbone(
+        model, tokenizer,
+        pooling=pooling or settings.get("pooling") or ("last" if is_decoder else "mean"),
+        normalize=settings.get("normalize", False) if normalize is None else normalize,
+        max_length=max_length or settings.get("max_length") or limit,
+        source=source, resolved=resolved,
+    )

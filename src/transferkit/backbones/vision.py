@@ -1,0 +1,134 @@
+"""Vision backbones: any timm model (names, ``hf-hub:`` ids, local folders), globally pooled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+from ..data.examples import IMAGE
+from ..errors import BackboneNotFoundError
+from .base import Backbone
+from .text import BACKBONE_FILE
+
+WEIGHTS_FILE = "model.safetensors"
+
+
+class VisionBackbone(Backbone):
+    modality = IMAGE
+
+    def __init__(
+        self, model: nn.Module, architecture: str, data_config: dict[str, Any], *,
+        source: str, resolved: str,
+    ) -> None:
+        import timm.data
+
+        super().__init__(source, resolved)
+        model.reset_classifier(0)  # features, not ImageNet logits
+        self.model = model.eval()
+        self.architecture = architecture
+        self.data_config = {
+            "input_size": tuple(int(v) for v in data_config["input_size"]),
+            "interpolation": str(data_config.get("interpolation", "bicubic")),
+            "mean": tuple(float(v) for v in data_config["mean"]),
+            "std": tuple(float(v) for v in data_config["std"]),
+            "crop_pct": float(data_config.get("crop_pct", 0.875)),
+            "crop_mode": str(data_config.get("crop_mode", "center")),
+        }
+        self.transform = timm.data.create_transform(**self.data_config, is_training=False)
+        self.feature_dim = int(model.num_features)
+
+    def preprocess(self, examples: list[Any]) -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.stack([self.transform(to_pil(x)) for x in examples])}
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs["pixel_values"]).float()
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"kind": "timm", "architecture": self.architecture,
+                **{k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()}}
+
+    def layer_groups(self) -> list[nn.Module]:
+        """timm's own coarse grouping (stem, stages/blocks, head): it knows every family."""
+        from timm.models import group_modules
+
+        try:
+            grouped = group_modules(self.model, self.model.group_matcher(coarse=True))
+        except (AttributeError, NotImplementedError):
+            return [nn.ModuleList(list(self.model.children()))]
+        groups: list[nn.Module] = []
+        for _, names in sorted(grouped.items()):
+            modules = [self.model.get_submodule(n) for n in names if n]
+            if modules:
+                groups.append(nn.ModuleList(modules))
+        return groups
+
+    def save(self, directory: Path) -> None:
+        from safetensors.torch import save_file
+
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE))
+        (directory / BACKBONE_FILE).write_text(json.dumps(self.preprocessing(), indent=2))
+
+
+def to_pil(x: Any) -> Image.Image:
+    """Arrays (HxW, HxWxC; uint8 or float in [0,1]) and files become RGB PIL images."""
+    if isinstance(x, Image.Image):
+        return x.convert("RGB")
+    if isinstance(x, np.ndarray):
+        arr = x
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        return Image.fromarray(arr).convert("RGB")
+    with Image.open(x) as im:
+        return im.convert("RGB")
+
+
+def data_config_for(model: nn.Module, image_size: int | None = None,
+                    overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    import timm.data
+
+    cfg = dict(timm.data.resolve_data_config({}, model=model))
+    cfg.update(overrides or {})
+    if image_size:
+        cfg["input_size"] = (3, image_size, image_size)
+    return cfg
+
+
+def create_timm_backbone(
+    name: str, *, source: str, resolved: str, pretrained: bool = True,
+    image_size: int | None = None,
+) -> VisionBackbone:
+    import timm
+
+    try:
+        model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+    except (RuntimeError, OSError, ValueError) as e:
+        raise BackboneNotFoundError(f"timm could not create '{name}': {e}") from e
+    arch = name.split("/")[-1].split(".")[0] if not name.startswith("hf-hub:") else \
+        model.default_cfg.get("architecture", name)
+    return VisionBackbone(model, arch, data_config_for(model, image_size),
+                          source=source, resolved=resolved)
+
+
+def load_vision_dir(directory: Path, *, source: str, resolved: str,
+                    image_size: int | None = None) -> VisionBackbone:
+    """A folder written by :meth:`VisionBackbone.save` (safetensors + JSON, no pickles)."""
+    import timm
+    from safetensors.torch import load_file
+
+    cfg = json.loads((directory / BACKBONE_FILE).read_text())
+    model = timm.create_model(cfg["architecture"], pretrained=False, num_classes=0)
+    model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
+    overrides = {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct",
+                                     "crop_mode") if k in cfg}
+    return VisionBackbone(model, cfg["architecture"], data_config_for(model, image_size, overrides),
+                          source=source, resolved=resolved)

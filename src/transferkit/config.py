@@ -1,0 +1,78 @@
+"""Run configuration: one pydantic model, settable from CLI flags and/or a YAML file.
+
+YAML keys are the CLI option names (``per_class`` or ``per-class``); flags given on the
+command line win over the file. The resolved config is saved as ``run.yaml`` in every run,
+so ``transferkit fit --config RUN/run.yaml`` repeats a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import ConfigError
+
+
+class FitConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    train: str = Field(description="training data: file, folder, or hf:NAME")
+    valid: str | None = None
+    test: str | None = None
+    out: str = "runs/latest"
+    text_column: str | None = None
+    label_column: str | None = None
+    per_class: int | None = Field(default=None, ge=1)
+    test_size: float = Field(default=0.2, gt=0, lt=1)
+    strict: bool = False
+    max_bad_fraction: float = Field(default=0.2, ge=0, le=1)
+    backbone: str = "minilm"
+    pooling: Literal["mean", "cls", "max", "last"] | None = None
+    max_length: int | None = Field(default=None, ge=1)
+    image_size: int | None = Field(default=None, ge=16)
+    strategy: str = "probe"
+    strategy_options: dict[str, Any] = Field(default_factory=dict)
+    seed: int = 0
+    batch_size: int = Field(default=32, ge=1)
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    device: str = "auto"
+    cache: bool = True
+    compare_baseline: bool = False
+    overwrite: bool = False
+
+
+def _normalise_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    return {str(k).replace("-", "_"): v for k, v in raw.items()}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"Config file {p} does not exist.")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML ({e}).") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: expected a mapping of option: value at the top level.")
+    return _normalise_keys(raw)
+
+
+def build_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> FitConfig:
+    """Defaults < YAML file < command-line flags (flags left unset are ``None``)."""
+    merged = dict(file_values)
+    merged.update({k: v for k, v in cli_values.items() if v is not None})
+    try:
+        return FitConfig.model_validate(merged)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(map(str, err['loc'])) or 'config'}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"Invalid configuration: {problems}.") from e
+
+
+def dump_yaml(config: FitConfig) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False, allow_unicode=True)

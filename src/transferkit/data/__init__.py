@@ -1,0 +1,144 @@
+"""Reading, validating and splitting labelled data.
+
+``load_data`` is the one entry point every command uses: it reads any supported source,
+drops and counts bad rows, makes the test split when the user gave none, and applies a
+per-class label budget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+from .examples import IMAGE, TEXT, DataIssue, DataReport, Dataset, Examples
+from .images import is_image_folder, read_image_folder, read_npz
+from .split import per_class_budget, stratified_split
+from .tables import TABLE_SUFFIXES, is_hf_disk_dataset, read_hf_dataset, read_table
+from .validate import (
+    clean_rows,
+    drop_leakage,
+    drop_unseen_labels,
+    enforce_policy,
+    issue_summary,
+)
+
+__all__ = [
+    "IMAGE", "TEXT", "DataIssue", "DataReport", "Dataset", "Examples", "issue_summary",
+    "load_data", "read_source",
+]
+
+
+def read_source(
+    source: str | Path,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    require_labels: bool = True,
+) -> dict[str, Examples]:
+    """Read one source into named splits (``all`` for a single file, or train/valid/test)."""
+    spec = str(source)
+    path = Path(spec)
+    if path.is_file():
+        if path.suffix.lower() == ".npz":
+            return {"all": read_npz(path, require_labels)}
+        if path.suffix.lower() in TABLE_SUFFIXES:
+            return {"all": read_table(path, text_column, label_column, require_labels)}
+        raise DataError(
+            f"{path}: unsupported file type '{path.suffix}'. Use .csv, .tsv, .jsonl, .parquet, "
+            ".txt (one text a line), .npz (images + labels), an image folder, or a Hugging "
+            "Face dataset (hf:NAME or a save_to_disk folder)."
+        )
+    if path.is_dir():
+        if is_hf_disk_dataset(path):
+            return read_hf_dataset(spec, text_column, label_column, require_labels)
+        if is_image_folder(path) or not require_labels:
+            return read_image_folder(path, require_labels)
+        raise DataError(
+            f"{path}: an empty folder or one without class sub-folders. Images go in "
+            f"{path}/<class>/<image>.jpg; a Hugging Face dataset folder needs dataset_info.json."
+        )
+    if spec.startswith("hf:") or ("/" in spec and not path.parent.exists()):
+        return read_hf_dataset(spec, text_column, label_column, require_labels)
+    raise DataError(
+        f"{spec}: no such file or folder. Check the path; for a Hugging Face hub dataset "
+        f"write hf:{spec}."
+    )
+
+
+def _single(source: str | Path, splits: dict[str, Examples], prefer: str) -> Examples:
+    if prefer in splits:
+        return splits[prefer]
+    if "all" in splits:
+        return splits["all"]
+    if len(splits) == 1:
+        return next(iter(splits.values()))
+    raise DataError(
+        f"{source} holds the splits {', '.join(splits)}; none is '{prefer}'. Pass the split "
+        "you want explicitly."
+    )
+
+
+def load_data(
+    train: str | Path,
+    valid: str | Path | None = None,
+    test: str | Path | None = None,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    per_class: int | None = None,
+    seed: int = 0,
+    test_size: float = 0.2,
+    strict: bool = False,
+    max_bad_fraction: float = 0.2,
+) -> Dataset:
+    """Read, validate and split labelled data for training and evaluation."""
+    report = DataReport()
+    train_splits = read_source(train, text_column, label_column)
+    train_ex = _single(train, train_splits, "train")
+    valid_ex = _single(valid, read_source(valid, text_column, label_column), "valid") \
+        if valid is not None else train_splits.get("valid")
+    test_ex = _single(test, read_source(test, text_column, label_column), "test") \
+        if test is not None else train_splits.get("test")
+
+    sizes = {ex.source: len(ex) for ex in (train_ex, valid_ex, test_ex) if ex is not None}
+    train_ex = clean_rows(train_ex, report, require_labels=True)
+    valid_ex = clean_rows(valid_ex, report, True) if valid_ex is not None else None
+    test_ex = clean_rows(test_ex, report, True) if test_ex is not None else None
+    for ex in (valid_ex, test_ex):
+        if ex is not None and ex.modality != train_ex.modality:
+            raise DataError(
+                f"{ex.source} holds {ex.modality} data but {train_ex.source} holds "
+                f"{train_ex.modality}; all splits must be of one kind."
+            )
+
+    classes = sorted(set(train_ex.labels or []))
+    if len(classes) < 2:
+        found = f"only '{classes[0]}'" if classes else "none"
+        raise DataError(
+            f"{train_ex.source}: training data needs at least two classes; found {found}. "
+            "Check --label-column, or add examples of the other classes."
+        )
+
+    if test_ex is None:
+        train_ex, test_ex = stratified_split(train_ex, test_size, seed, report)
+        report.notes.append(
+            f"no test set given: held out a stratified {test_size:.0%} of "
+            f"{train_ex.source} (seed {seed})"
+        )
+    else:
+        test_ex = drop_unseen_labels(test_ex, classes, report)
+    if valid_ex is not None:
+        valid_ex = drop_unseen_labels(valid_ex, classes, report)
+        valid_ex = drop_leakage(train_ex, valid_ex, report)
+    test_ex = drop_leakage(train_ex, test_ex, report)
+
+    enforce_policy(report, sizes, strict, max_bad_fraction)
+    if len(test_ex) == 0:
+        raise DataError(
+            f"{test_ex.source}: no usable test examples remain after validation "
+            f"({issue_summary(report)}). Check the test file."
+        )
+    if per_class is not None:
+        if per_class < 1:
+            raise DataError(f"--per-class must be at least 1 (got {per_class}).")
+        train_ex = per_class_budget(train_ex, per_class, seed, report)
+    return Dataset(train=train_ex, valid=valid_ex, test=test_ex, classes=classes, report=report)

@@ -1,0 +1,96 @@
+"""Images: class-per-folder trees and ``.npz`` arrays."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from .examples import IMAGE, Examples
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLIT_FOLDERS = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid",
+                 "test": "test"}
+
+
+def is_image_folder(path: Path) -> bool:
+    return path.is_dir() and any(p.is_dir() for p in path.iterdir())
+
+
+def read_image_folder(root: Path, require_labels: bool = True) -> dict[str, Examples]:
+    """``root/<class>/*.jpg``; or ``root/{train,valid,test}/<class>/*.jpg`` for given splits.
+
+    A folder of loose images (no class folders) is read unlabelled, for ``predict``.
+    """
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs and all(p.name.lower() in SPLIT_FOLDERS for p in subdirs):
+        return {SPLIT_FOLDERS[p.name.lower()]: _read_class_tree(p) for p in subdirs}
+    if not subdirs:
+        if require_labels:
+            raise DataError(
+                f"{root}: no class folders found. Arrange images as {root}/<class>/<image>.jpg."
+            )
+        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        return {"all": Examples(inputs=files, labels=None, origins=[str(p) for p in files],
+                                modality=IMAGE, source=root.name)}
+    return {"all": _read_class_tree(root)}
+
+
+def _read_class_tree(root: Path) -> Examples:
+    inputs: list[Path] = []
+    labels: list[str] = []
+    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(class_dir.rglob("*")):
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                inputs.append(f)
+                labels.append(class_dir.name)
+    if not inputs:
+        raise DataError(
+            f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files in "
+            f"{root}/<class>/). Check the folder layout."
+        )
+    return Examples(inputs=inputs, labels=labels, origins=[str(p) for p in inputs],
+                    modality=IMAGE, source=root.name)
+
+
+def read_npz(path: Path, require_labels: bool = True) -> Examples:
+    """``images`` (N,H,W) or (N,H,W,C) uint8, ``labels`` (N,), optional ``classes`` names."""
+    try:
+        arrays = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot read as .npz ({e}). Save it with numpy.savez.") from e
+    with arrays:
+        if "images" not in arrays.files:
+            raise DataError(
+                f"{path}: no 'images' array (found: {', '.join(arrays.files)}). Save images as "
+                "numpy.savez(path, images=..., labels=..., classes=...)."
+            )
+        images = arrays["images"]
+        raw_labels = arrays["labels"] if "labels" in arrays.files else None
+        classes = [str(c) for c in arrays["classes"]] if "classes" in arrays.files else None
+    if images.ndim not in (3, 4):
+        raise DataError(
+            f"{path}: 'images' has shape {images.shape}; expected (N, H, W) or (N, H, W, C)."
+        )
+    if raw_labels is None and require_labels:
+        raise DataError(f"{path}: no 'labels' array. Add labels=... with one label per image.")
+    labels = None
+    if raw_labels is not None:
+        if len(raw_labels) != len(images):
+            raise DataError(
+                f"{path}: {len(images)} images but {len(raw_labels)} labels; they must match."
+            )
+        if classes is not None and np.issubdtype(raw_labels.dtype, np.integer):
+            if raw_labels.size and (raw_labels.min() < 0 or raw_labels.max() >= len(classes)):
+                raise DataError(
+                    f"{path}: label values must index 'classes' (0..{len(classes) - 1}); found "
+                    f"{raw_labels.min()}..{raw_labels.max()}."
+                )
+            labels = [classes[int(i)] for i in raw_labels]
+        else:
+            labels = [str(v) for v in raw_labels]
+    inputs = list(images)  # views into one array: no copy
+    origins = [f"{path.name} index {i}" for i in range(len(images))]
+    return Examples(inputs=inputs, labels=labels, origins=origins, modality=IMAGE,
+                    source=path.name)

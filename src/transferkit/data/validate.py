@@ -1,0 +1,110 @@
+"""Row-level validation: drop bad rows, count them, name where they are.
+
+Policy (DESIGN.md): bad rows are skipped and counted; the run fails only when they exceed
+``max_bad_fraction`` of a split, or on any issue at all under ``strict``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+from .examples import IMAGE, ISSUE_NAMES, TEXT, DataReport, Examples, _content_bytes
+
+ROW_ISSUES = ("empty_text", "missing_label", "bad_image")
+
+
+def clean_rows(ex: Examples, report: DataReport, require_labels: bool) -> Examples:
+    """Drop rows with no usable input or (when labels are required) no label."""
+    keep: list[int] = []
+    for i, x in enumerate(ex.inputs):
+        origin = ex.origins[i]
+        if ex.modality == TEXT and (x is None or not str(x).strip()):
+            report.add("empty_text", origin)
+            continue
+        if ex.modality == IMAGE:
+            problem = image_problem(x)
+            if problem:
+                report.add("bad_image", origin, problem)
+                continue
+        if require_labels and (ex.labels is None or ex.labels[i] is None):
+            report.add("missing_label", origin)
+            continue
+        keep.append(i)
+    return ex.subset(keep)
+
+
+def image_problem(x: object) -> str | None:
+    """Why an image cannot be used, or None. Decodes fully so truncation is caught here."""
+    if isinstance(x, np.ndarray):
+        if x.ndim not in (2, 3) or (x.ndim == 3 and x.shape[-1] not in (1, 3, 4)):
+            return f"array of shape {x.shape}; expected HxW or HxWxC with C in 1, 3, 4"
+        if x.size == 0:
+            return "empty array"
+        return None
+    try:
+        with Image.open(x) as im:
+            im.load()
+    except Exception as e:  # PIL raises many types for corrupt files
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def drop_unseen_labels(ex: Examples, classes: list[str], report: DataReport) -> Examples:
+    known = set(classes)
+    keep = []
+    for i, label in enumerate(ex.labels or []):
+        if label in known:
+            keep.append(i)
+        else:
+            report.add("unseen_label", ex.origins[i], f"label '{label}'")
+    return ex.subset(keep)
+
+
+def drop_leakage(train: Examples, other: Examples, report: DataReport) -> Examples:
+    """Remove exact copies of training inputs from an evaluation split (they inflate scores)."""
+    seen = {_digest(x) for x in train.inputs}
+    keep = []
+    for i, x in enumerate(other.inputs):
+        if _digest(x) in seen:
+            report.add("leakage", other.origins[i], "same input is in the training data")
+        else:
+            keep.append(i)
+    return other.subset(keep)
+
+
+def _digest(x: object) -> bytes:
+    if isinstance(x, str):
+        return hashlib.sha1(x.strip().encode("utf-8")).digest()
+    return hashlib.sha1(_content_bytes(x)).digest()
+
+
+def enforce_policy(
+    report: DataReport, sizes: dict[str, int], strict: bool, max_bad_fraction: float
+) -> None:
+    if strict and report.issues:
+        details = "\n  ".join(report.lines())
+        raise DataError(
+            f"Data validation found problems (--strict is on):\n  {details}\n"
+            "Fix these rows, or run without --strict to skip them."
+        )
+    for source, n_rows in sizes.items():
+        bad = [i for i in report.issues if i.kind in ROW_ISSUES and i.origin.startswith(source)]
+        if n_rows and len(bad) / n_rows > max_bad_fraction:
+            kinds = sorted({i.kind for i in bad})
+            details = "\n  ".join(report.describe(k) for k in kinds)
+            raise DataError(
+                f"{source}: {len(bad)} of {n_rows} rows are unusable "
+                f"(more than {max_bad_fraction:.0%}):\n  {details}\n"
+                "This usually means a wrong --text-column/--label-column or a broken file."
+            )
+
+
+def issue_summary(report: DataReport) -> str:
+    counts = report.counts()
+    if not counts:
+        return "no problems found"
+    return ", ".join(f"{n} {ISSUE_NAMES.get(k, k)}" for k, n in counts.items())

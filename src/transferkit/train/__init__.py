@@ -1,0 +1,1 @@
+"""Training and feature extraction machinery shared by every strategy."""

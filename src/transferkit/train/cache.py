@@ -1,0 +1,153 @@
+"""Content-addressed feature cache and the one feature-extraction routine.
+
+A frozen backbone is run once per dataset, never once per epoch or per run: features are
+stored under ``$TRANSFERKIT_CACHE`` (default ``~/.cache/transferkit``) keyed by the backbone
+fingerprint (weights + preprocessing), the numeric precision and the data's content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._io import atomic_path
+from ..backbones.base import Backbone
+from ..errors import ConfigError
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("TRANSFERKIT_CACHE", Path.home() / ".cache" / "transferkit"))
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 matrix products are ~3x fp32 on CPUs with AVX512-BF16 or AMX; elsewhere slower."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, c, lambda: False)() for c in checks)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}.")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
+def default_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+@dataclass
+class ExtractionStats:
+    n: int = 0
+    seconds: float = 0.0
+    from_cache: bool = False
+    batches: int = 0
+    precision: str = "fp32"
+
+
+class FeatureCache:
+    """``.npy`` files named by a hash; written atomically, read without pickle."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = (root or cache_root()) / "features"
+
+    @staticmethod
+    def key(backbone: Backbone, data_fingerprint: str, precision: str) -> str:
+        h = hashlib.sha256(f"{backbone.fingerprint}|{precision}|{data_fingerprint}".encode())
+        return h.hexdigest()[:40]
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npy"
+
+    def load(self, key: str) -> np.ndarray | None:
+        p = self.path(key)
+        if not p.is_file():
+            return None
+        try:
+            return np.load(p, allow_pickle=False)
+        except (OSError, ValueError):  # a damaged entry is a miss, and gets rewritten
+            return None
+
+    def save(self, key: str, features: np.ndarray) -> None:
+        with atomic_path(self.path(key)) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, features, allow_pickle=False)
+
+
+def extract_features(
+    backbone: Backbone,
+    inputs: list[Any],
+    *,
+    batch_size: int = 32,
+    precision: str = "auto",
+    device: torch.device | None = None,
+    cache: FeatureCache | None = None,
+    data_fingerprint: str | None = None,
+    progress: Any = None,
+) -> tuple[np.ndarray, ExtractionStats]:
+    """Pooled features ``[N, feature_dim]`` (float32) in input order.
+
+    Examples are sorted by cost (token count) so each batch pads only to its own longest
+    member; the backbone runs under ``torch.inference_mode`` and, with ``bf16``, under
+    autocast. ``progress`` is an optional callable ``(done, total)``.
+    """
+    device = device or default_device()
+    resolved = resolve_precision(precision, device)
+    stats = ExtractionStats(n=len(inputs), precision=resolved)
+    start = time.perf_counter()
+    key = None
+    if cache is not None:
+        key = FeatureCache.key(backbone, data_fingerprint or _fingerprint(backbone, inputs),
+                               resolved)
+        hit = cache.load(key)
+        if hit is not None and hit.shape == (len(inputs), backbone.feature_dim):
+            stats.from_cache = True
+            stats.seconds = time.perf_counter() - start
+            return hit, stats
+
+    prepared = backbone.prepare(inputs)
+    order = np.argsort([-backbone.cost(p) for p in prepared], kind="stable")
+    out = np.empty((len(inputs), backbone.feature_dim), dtype=np.float32)
+    was_training = backbone.training
+    backbone.eval().to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if resolved == "bf16" \
+        else nullcontext()
+    try:
+        with torch.inference_mode(), autocast:
+            for s in range(0, len(order), batch_size):
+                idx = order[s:s + batch_size]
+                batch = backbone.collate([prepared[i] for i in idx])
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                out[idx] = backbone(**batch).float().cpu().numpy()
+                stats.batches += 1
+                if progress is not None:
+                    progress(min(s + batch_size, len(order)), len(order))
+    finally:
+        backbone.train(was_training)
+    stats.seconds = time.perf_counter() - start
+    if cache is not None and key is not None:
+        cache.save(key, out)
+    return out, stats
+
+
+def _fingerprint(backbone: Backbone, inputs: list[Any]) -> str:
+    from ..data.examples import Examples
+
+    return Examples(inputs=list(inputs), labels=None, origins=[], modality=backbone.modality
+                    ).fingerprint()

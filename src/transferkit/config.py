@@ -41,6 +41,7 @@ class FitConfig(BaseModel):
     device: str = "auto"
     cache: bool = True
     compare_baseline: bool = False
+    compare_budgets: list[int] = Field(default_factory=list)
     overwrite: bool = False
 
 

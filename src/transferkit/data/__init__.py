@@ -56,12 +56,21 @@ def read_source(
             f"{path}: an empty folder or one without class sub-folders. Images go in "
             f"{path}/<class>/<image>.jpg; a Hugging Face dataset folder needs dataset_info.json."
         )
-    if spec.startswith("hf:") or ("/" in spec and not path.parent.exists()):
+    if spec.startswith("hf:") or _looks_like_hub_name(spec):
         return read_hf_dataset(spec, text_column, label_column, require_labels)
     raise DataError(
         f"{spec}: no such file or folder. Check the path; for a Hugging Face hub dataset "
         f"write hf:{spec}."
     )
+
+
+def _looks_like_hub_name(spec: str) -> bool:
+    """``owner/name`` with no file extension and no local meaning: a hub dataset id."""
+    import re
+
+    return (re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", spec) is not None
+            and Path(spec).suffix.lower() not in TABLE_SUFFIXES | {".npz"}
+            and not Path(spec.split("/")[0]).exists())
 
 
 def _single(source: str | Path, splits: dict[str, Examples], prefer: str) -> Examples:

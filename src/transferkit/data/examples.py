@@ -105,8 +105,10 @@ class DataReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "counts": self.counts(),
-            "examples": {k: [f"{i.origin} {i.detail}".strip() for i in self.issues if i.kind == k][:20]
-                         for k in self.counts()},
+            "examples": {
+                k: [f"{i.origin} {i.detail}".strip() for i in self.issues if i.kind == k][:20]
+                for k in self.counts()
+            },
             "notes": list(self.notes),
         }
 

@@ -33,7 +33,7 @@ def read_image_folder(root: Path, require_labels: bool = True) -> dict[str, Exam
             )
         files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         return {"all": Examples(inputs=files, labels=None, origins=[str(p) for p in files],
-                                modality=IMAGE, source=root.name)}
+                                modality=IMAGE, source=str(root))}
     return {"all": _read_class_tree(root)}
 
 
@@ -50,8 +50,10 @@ def _read_class_tree(root: Path) -> Examples:
             f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files in "
             f"{root}/<class>/). Check the folder layout."
         )
+    # source is the full folder path: it must prefix every origin so that bad images count
+    # towards max_bad_fraction of this split.
     return Examples(inputs=inputs, labels=labels, origins=[str(p) for p in inputs],
-                    modality=IMAGE, source=root.name)
+                    modality=IMAGE, source=str(root))
 
 
 def read_npz(path: Path, require_labels: bool = True) -> Examples:
@@ -66,9 +68,15 @@ def read_npz(path: Path, require_labels: bool = True) -> Examples:
                 f"{path}: no 'images' array (found: {', '.join(arrays.files)}). Save images as "
                 "numpy.savez(path, images=..., labels=..., classes=...)."
             )
-        images = arrays["images"]
-        raw_labels = arrays["labels"] if "labels" in arrays.files else None
-        classes = [str(c) for c in arrays["classes"]] if "classes" in arrays.files else None
+        try:
+            images = arrays["images"]
+            raw_labels = arrays["labels"] if "labels" in arrays.files else None
+            classes = [str(c) for c in arrays["classes"]] if "classes" in arrays.files else None
+        except (OSError, ValueError) as e:  # e.g. object arrays, which need pickle
+            raise DataError(
+                f"{path}: cannot read its arrays ({e}). Save plain arrays without Python "
+                "objects, e.g. classes=numpy.array(names, dtype=str)."
+            ) from e
     if images.ndim not in (3, 4):
         raise DataError(
             f"{path}: 'images' has shape {images.shape}; expected (N, H, W) or (N, H, W, C)."

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.model_selection import train_test_split
 
+from ..errors import DataError
 from .examples import DataReport, Examples
 
 
@@ -23,9 +24,16 @@ def stratified_split(
             f"classes with fewer than 2 examples kept out of the {what} split: "
             f"{', '.join(sorted(map(str, small)))}"
         )
-    train_idx, held_idx = train_test_split(
-        splittable, test_size=test_size, random_state=seed, stratify=labels[splittable]
-    )
+    try:
+        train_idx, held_idx = train_test_split(
+            splittable, test_size=test_size, random_state=seed, stratify=labels[splittable]
+        )
+    except ValueError as e:  # too few examples for a stratified split of this size
+        raise DataError(
+            f"{ex.source}: cannot hold out a stratified {test_size:.0%} {what} split from "
+            f"{len(ex)} examples of {len(classes)} classes ({e}). Give a separate {what} "
+            "file, or add examples so that every class has several."
+        ) from e
     train_idx = np.sort(np.concatenate([train_idx, idx[np.isin(labels, list(small))]]))
     return ex.subset(train_idx), ex.subset(np.sort(held_idx))
 

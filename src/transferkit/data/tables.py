@@ -103,7 +103,11 @@ def frame_to_examples(
             if v is None or (isinstance(v, str) and not v.strip()):
                 labels.append(None)
             elif label_names is not None and not isinstance(v, str):
-                labels.append(label_names[int(v)])  # HF ClassLabel ints -> names
+                # HF ClassLabel ints -> names; -1 is how ClassLabel marks "no label".
+                labels.append(label_names[int(v)] if int(v) >= 0 else None)
+            elif isinstance(v, float) and v.is_integer():
+                # An int column with a missing value is read as float: 1.0 must stay "1".
+                labels.append(str(int(v)))
             else:
                 labels.append(str(v).strip())
     origins = [f"{where} row {i + row_offset}" for i in range(len(frame))]

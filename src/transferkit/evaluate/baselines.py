@@ -7,13 +7,13 @@ from typing import Any
 
 import numpy as np
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ..data.examples import TEXT, Dataset, Examples
+from ..adapt.probe import make_logreg_cv
 from ..backbones.vision import to_pil
+from ..data.examples import TEXT, Dataset, Examples
 from .metrics import compute_metrics
 
 
@@ -40,8 +40,7 @@ def classic_baseline(data: Dataset, seed: int = 0) -> dict[str, Any]:
     y = _labels(data.train, data.classes)
     folds = max(2, min(5, int(np.bincount(y).min())))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    clf = LogisticRegressionCV(Cs=np.logspace(-2, 3, 6), cv=cv, max_iter=3000,
-                               random_state=seed)
+    clf = make_logreg_cv(np.logspace(-4, 2, 7), cv, 3000, seed)
     if data.modality == TEXT:
         name = "TF-IDF + logistic regression"
         model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),

@@ -38,7 +38,9 @@ def cpu_has_fast_bf16() -> bool:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision not in PRECISIONS:
-        raise ConfigError(f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}.")
+        raise ConfigError(
+            f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}."
+        )
     if precision != "auto":
         return precision
     if device.type == "cuda":

@@ -1,0 +1,222 @@
+"""The ``transferkit`` command line: one sub-command per verb, no logic of its own."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .errors import TransferkitError
+
+app = typer.Typer(
+    name="transferkit", no_args_is_help=True, add_completion=False,
+    help="Adapt a pretrained model to your labelled data, evaluate it, and reuse it.\n\n"
+         "Start with `transferkit demo`, then `transferkit fit DATA --out runs/first`.",
+)
+console = Console(stderr=True)
+out = Console()
+
+Opt = typer.Option
+
+
+@app.command()
+def fit(
+    train: Annotated[str | None, typer.Argument(
+        help="Training data: CSV/TSV/JSONL/Parquet/TXT file, image folder (root/<class>/*.jpg),"
+             " .npz (images, labels), save_to_disk folder or hf:NAME.")] = None,
+    valid: Annotated[str | None, Opt(help="Validation data (same formats).")] = None,
+    test: Annotated[str | None, Opt(
+        help="Test data. Without it a stratified --test-size part of TRAIN is held out.")] = None,
+    backbone: Annotated[str | None, Opt(
+        help="Alias (see `transferkit models`), local folder, timm name or HF id. "
+             "[default: minilm]")] = None,
+    strategy: Annotated[str | None, Opt(help="How to adapt the backbone. [default: probe]")] = None,
+    head: Annotated[str | None, Opt(
+        help="Probe head: logreg (cross-validated) or linear (torch). [default: logreg]")] = None,
+    out_dir: Annotated[str | None, Opt("--out", help="Run folder to write. [default: runs/latest]")
+                       ] = None,
+    text_column: Annotated[str | None, Opt(help="Text column (default: found automatically).")
+                           ] = None,
+    label_column: Annotated[str | None, Opt(help="Label column (default: found automatically).")
+                            ] = None,
+    per_class: Annotated[int | None, Opt(help="Label budget: at most N training examples per "
+                                              "class (stratified, seeded).")] = None,
+    test_size: Annotated[float | None, Opt(help="Held-out fraction when no --test. [0.2]")] = None,
+    seed: Annotated[int | None, Opt(help="One seed for splits, sampling and training. [0]")
+                    ] = None,
+    batch_size: Annotated[int | None, Opt(help="Batch size for the backbone. [32]")] = None,
+    precision: Annotated[str | None, Opt(
+        help="auto (bf16 where the hardware runs it fast), bf16 or fp32. [auto]")] = None,
+    pooling: Annotated[str | None, Opt(help="Text pooling: mean, cls, max, last.")] = None,
+    max_length: Annotated[int | None, Opt(help="Truncate texts to this many tokens.")] = None,
+    image_size: Annotated[int | None, Opt(help="Resize images to this size for the backbone.")
+                          ] = None,
+    device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:N. [auto]")] = None,
+    strict: Annotated[bool | None, Opt("--strict/--no-strict",
+                                       help="Fail on any bad row instead of skipping it.")] = None,
+    baseline: Annotated[bool | None, Opt(
+        "--baseline/--no-baseline",
+        help="Also train a no-pretraining baseline (TF-IDF or raw pixels) on the same split."),
+    ] = None,
+    no_cache: Annotated[bool, Opt("--no-cache", help="Do not read or write the feature cache.")
+                        ] = False,
+    overwrite: Annotated[bool | None, Opt(
+        "--overwrite", help="Replace an existing --out folder (only once the run succeeded).")
+    ] = None,
+    config: Annotated[Path | None, Opt(help="YAML file with any of these options "
+                                            "(flags given here win).")] = None,
+) -> None:
+    """Fit a classifier on labelled data, evaluate it on a test split, and save the run."""
+    from .api import fit_run
+    from .config import build_config, load_yaml
+
+    file_values = load_yaml(config) if config else {}
+    cli_values: dict[str, Any] = dict(
+        train=train, valid=valid, test=test, backbone=backbone, strategy=strategy, out=out_dir,
+        text_column=text_column, label_column=label_column, per_class=per_class,
+        test_size=test_size, seed=seed, batch_size=batch_size, precision=precision,
+        pooling=pooling, max_length=max_length, image_size=image_size, device=device,
+        strict=strict, compare_baseline=baseline, overwrite=overwrite,
+        cache=False if no_cache else None,
+    )
+    if head is not None:
+        opts = dict(file_values.get("strategy_options") or {})
+        opts["head"] = head
+        cli_values["strategy_options"] = opts
+    if train is None and "train" not in file_values:
+        raise TransferkitError("No training data: pass TRAIN or set train: in --config.")
+    cfg = build_config(file_values, cli_values)
+    result = _with_progress(lambda progress: fit_run(cfg, progress))
+    _print_result(result)
+
+
+def _with_progress(job: Any) -> Any:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                  "{task.total}"), TimeRemainingColumn(), console=console, transient=True) as bar:
+        tasks: dict[str, Any] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(stage, total=total)
+            bar.update(tasks[stage], completed=done)
+
+        return job(progress)
+
+
+def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall"):
+        table.add_row(key, f"{metrics[key]:.4f}")
+    table.add_row("test examples", str(metrics["n"]))
+    return table
+
+
+def _print_result(result: Any) -> None:
+    out.print(_metrics_table(result.metrics, "test metrics"))
+    if result.comparison:
+        table = Table(title="same split, same labels")
+        for col in ("model", "train examples", "accuracy", "macro F1", "fit s"):
+            table.add_column(col, justify="left" if col == "model" else "right")
+        for row in result.comparison:
+            table.add_row(row["name"], str(row["n_train"]), f"{row['accuracy']:.4f}",
+                          f"{row['macro_f1']:.4f}", f"{row['seconds']:.1f}")
+        out.print(table)
+    out.print(f"run folder: {result.out}")
+    out.print(f"report:     {result.report}")
+
+
+@app.command()
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `transferkit fit`.")],
+    data: Annotated[str, typer.Argument(help="Labelled data to evaluate on.")],
+    text_column: Annotated[str | None, Opt(help="Text column.")] = None,
+    label_column: Annotated[str | None, Opt(help="Label column.")] = None,
+    output: Annotated[Path | None, Opt(help="Also write the metrics to this JSON file.")] = None,
+) -> None:
+    """Evaluate a saved model on labelled data."""
+    from ._io import write_json
+    from .api import Classifier
+
+    clf = Classifier.load(run)
+    metrics = clf.evaluate(data, text_column=text_column, label_column=label_column)
+    out.print(_metrics_table(metrics, f"{run} on {data}"))
+    if output:
+        write_json(output, metrics)
+        out.print(f"metrics: {output}")
+
+
+@app.command()
+def predict(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `transferkit fit`.")],
+    inputs: Annotated[str, typer.Argument(help="File or folder to predict (labels optional).")],
+    output: Annotated[Path, Opt(help="CSV to write: row, input, label, prob_<class>...")],
+    text_column: Annotated[str | None, Opt(help="Text column.")] = None,
+    batch_size: Annotated[int, Opt(help="Batch size.")] = 32,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing --output.")] = False,
+) -> None:
+    """Predict labels and class probabilities for every row of a file."""
+    from .api import Classifier
+    from .reuse.predict import predict_file
+
+    clf = Classifier.load(run, batch_size=batch_size)
+    path, n_ok, n_bad = predict_file(clf, inputs, output, text_column=text_column,
+                                     overwrite=overwrite)
+    skipped = f" ({n_bad} unreadable rows left with an empty label)" if n_bad else ""
+    out.print(f"{n_ok} predictions written to {path}{skipped}")
+
+
+@app.command()
+def models() -> None:
+    """List backbone aliases and where each resolves on this machine."""
+    from .backbones import ALIASES, where
+
+    table = Table(title="backbone aliases (any timm name, HF id or local folder works too)")
+    for col in ("alias", "modality", "model", "resolves to"):
+        table.add_column(col, overflow="fold")
+    for alias in ALIASES.values():
+        table.add_row(alias.name, alias.modality, alias.description, where(alias.name))
+    out.print(table)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[str, Opt("--out", help="Run folder to write.")] = "runs/demo",
+) -> None:
+    """Fit the bundled MiniLM on the embedded SMS-spam data against a TF-IDF baseline."""
+    from .demo import run_demo
+
+    result = _with_progress(lambda progress: run_demo(out_dir, progress))
+    _print_result(result)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except TransferkitError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False)
+        sys.exit(2)
+    except typer.Abort:
+        console.print("aborted")
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as e:
+        code = getattr(e, "exit_code", getattr(e, "code", 0))
+        sys.exit(code)
+    except Exception as e:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+"""`make demo` / `transferkit demo`: the bundled MiniLM on embedded data, against scratch."""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from .api import RunResult, fit_run
+from .config import FitConfig
+
+DEMO_BUDGETS = [8, 32]
+
+
+def demo_files() -> tuple[Path, Path]:
+    root = Path(str(files("transferkit") / "demo_data"))
+    return root / "sms_spam.train.csv", root / "sms_spam.test.csv"
+
+
+def run_demo(out: str | Path = "runs/demo", progress: Any = None) -> RunResult:
+    train, test = demo_files()
+    config = FitConfig(train=str(train), test=str(test), out=str(out), backbone="minilm",
+                       strategy="probe", compare_baseline=True, compare_budgets=DEMO_BUDGETS,
+                       overwrite=True)
+    return fit_run(config, progress)

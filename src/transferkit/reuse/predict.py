@@ -1,0 +1,58 @@
+"""Predictions for a file or folder, written as CSV (label + one probability per class)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from .._io import write_with
+from ..data import DataReport, read_source
+from ..data.examples import TEXT
+from ..data.validate import clean_rows
+from ..errors import ArtifactError
+
+if TYPE_CHECKING:
+    from ..api import Classifier
+
+
+def predict_file(
+    clf: Classifier, source: str | Path, output: str | Path, *, text_column: str | None = None,
+    overwrite: bool = False,
+) -> tuple[Path, int, int]:
+    """Predict every row of ``source``; rows that cannot be read keep their place in the output
+    with an empty label and the reason, so the output lines up with the input."""
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ArtifactError(
+            f"{output} already exists. Choose another --output or pass --overwrite."
+        )
+    splits = read_source(source, text_column=text_column, require_labels=False)
+    examples = next(iter(splits.values())) if len(splits) == 1 else splits.get(
+        "test", next(iter(splits.values())))
+    usable = clean_rows(examples, DataReport(), require_labels=False)
+    good = {o: i for i, o in enumerate(usable.origins)}
+    proba = clf.predict_proba(usable) if len(usable) else np.zeros((0, len(clf.classes)))
+    rows = []
+    for i, origin in enumerate(examples.origins):
+        x = examples.inputs[i]
+        row: dict[str, object] = {"row": origin}
+        row["input"] = x if examples.modality == TEXT else (
+            str(x) if isinstance(x, Path) else origin)
+        if examples.labels is not None:
+            row["true_label"] = examples.labels[i]
+        j = good.get(origin)
+        if j is None:
+            row["label"] = ""
+            row["error"] = "empty text" if examples.modality == TEXT else "unreadable image"
+        else:
+            row["label"] = clf.classes[int(proba[j].argmax())]
+            row["error"] = ""
+            for c, p in zip(clf.classes, proba[j], strict=True):
+                row[f"prob_{c}"] = float(p)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    write_with(output, lambda p: frame.to_csv(p, index=False))
+    return output, len(usable), len(examples) - len(usable)

@@ -1,0 +1,65 @@
+"""Shared helpers: side-by-side timing and the results-file format of DESIGN.md."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def alternate(runs: int, contenders: dict[str, Callable[[], Any]]) -> dict[str, list[float]]:
+    """Run each contender once per round, in turn: the shared cores' noise hits all alike."""
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(runs):
+        for name, fn in contenders.items():
+            times[name].append(timed(fn)[0])
+    return times
+
+
+def median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def entry(name: str, ours: float, peer: float, unit: str, runs: int, higher_is_better: bool,
+          versions: dict[str, str], **extra: Any) -> dict[str, Any]:
+    """One comparison; ``ratio`` > 1 means transferkit wins whatever the unit's direction."""
+    ratio = ours / peer if higher_is_better else peer / ours
+    return {"name": name, "ours": ours, "peer": peer, "unit": unit, "ratio": ratio,
+            "runs": runs, "versions": versions, **extra}
+
+
+def write_results(bench: str, entries: list[dict[str, Any]]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{bench}.json"
+    payload = {"benchmark": bench, "python": platform.python_version(),
+               "machine": platform.machine(), "entries": entries}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def print_table(entries: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="transferkit vs peer (ratio > 1: transferkit wins)")
+    for col in ("comparison", "transferkit", "peer", "unit", "ratio", "runs"):
+        table.add_column(col, justify="left" if col == "comparison" else "right")
+    for e in entries:
+        table.add_row(e["name"], f"{e['ours']:.4g}", f"{e['peer']:.4g}", e["unit"],
+                      f"{e['ratio']:.2f}x", str(e["runs"]))
+    Console().print(table)

@@ -21,7 +21,8 @@ def small_csvs(tmp_path_factory, data_dir):
     root = tmp_path_factory.mktemp("cli-data")
     train = pd.read_csv(data_dir / "sms_spam.train.csv", keep_default_na=False)
     test = pd.read_csv(data_dir / "sms_spam.test.csv", keep_default_na=False)
-    train = pd.concat([train[train.label == "spam"].head(60), train[train.label == "ham"].head(240)])
+    train = pd.concat([train[train.label == "spam"].head(60),
+                       train[train.label == "ham"].head(240)])
     train.rename(columns={"text": "message", "label": "kind"}).to_csv(root / "train.csv",
                                                                        index=False)
     test.head(150).rename(columns={"text": "message", "label": "kind"}).to_csv(

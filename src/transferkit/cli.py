@@ -129,8 +129,8 @@ def _print_result(result: Any) -> None:
             table.add_row(row["name"], str(row["n_train"]), f"{row['accuracy']:.4f}",
                           f"{row['macro_f1']:.4f}", f"{row['seconds']:.1f}")
         out.print(table)
-    out.print(f"run folder: {result.out}")
-    out.print(f"report:     {result.report}")
+    out.print(f"run folder: {Path(result.out).resolve()}")
+    out.print(f"report:     {Path(result.report).resolve()}")
 
 
 @app.command()

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 # Set before transferkit is imported anywhere: tests never touch the user's cache or the hub.
-os.environ.setdefault("TRANSFERKIT_CACHE", tempfile.mkdtemp(prefix="tk-cache-"))
+if "TRANSFERKIT_CACHE" not in os.environ:
+    os.environ["TRANSFERKIT_CACHE"] = tempfile.mkdtemp(prefix="tk-cache-")
+    atexit.register(shutil.rmtree, os.environ["TRANSFERKIT_CACHE"], True)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

@@ -104,3 +104,25 @@ def test_saved_text_backbone_reloads_with_same_fingerprint(tmp_path, tiny_bert_d
     again = load_backbone(str(tmp_path / "bb"))
     assert (again.pooling, again.max_length) == ("max", 64)
     assert again.fingerprint == b.fingerprint
+
+
+def test_timm_folder_loads_and_roundtrips(tmp_path):
+    import timm
+    from timm.models import save_for_hf
+
+    from transferkit.backbones import VisionBackbone
+
+    save_for_hf(timm.create_model("resnet18", pretrained=False, num_classes=3), tmp_path / "hf")
+    backbone = load_backbone(str(tmp_path / "hf"), image_size=64)
+    assert isinstance(backbone, VisionBackbone) and backbone.architecture == "resnet18"
+    assert backbone.feature_dim == 512
+    image = np.random.default_rng(0).integers(0, 255, (40, 30), dtype=np.uint8)
+    batch = backbone.preprocess([image, image[..., None].repeat(3, -1)])
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    torch.testing.assert_close(batch["pixel_values"][0], batch["pixel_values"][1])
+    backbone.save(tmp_path / "saved")
+    again = load_backbone(str(tmp_path / "saved"))
+    assert again.fingerprint == backbone.fingerprint
+    covered = {id(p) for g in backbone.layer_groups() for p in g.parameters()}
+    assert covered == {id(p) for p in backbone.parameters()}
+    assert len(backbone.layer_groups()) >= 4

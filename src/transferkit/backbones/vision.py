@@ -113,8 +113,9 @@ def create_timm_backbone(
         model = timm.create_model(name, pretrained=pretrained, num_classes=0)
     except (RuntimeError, OSError, ValueError) as e:
         raise BackboneNotFoundError(f"timm could not create '{name}': {e}") from e
-    arch = name.split("/")[-1].split(".")[0] if not name.startswith("hf-hub:") else \
-        model.default_cfg.get("architecture", name)
+    # timm records the architecture it built (names may be tags, hub ids or folders)
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or \
+        name.split("/")[-1].split(".")[0]
     return VisionBackbone(model, arch, data_config_for(model, image_size),
                           source=source, resolved=resolved)
 

@@ -218,6 +218,12 @@ class staged_output:  # noqa: N801  (used as a context manager, reads like one)
             self.stage.rename(self.target)
 
 
+def checkpoint_dir_for(out: Path) -> Path:
+    """Checkpoints live beside the run folder (which only appears once the run is whole), so a
+    killed run can be resumed with ``--resume``; they are deleted when training finishes."""
+    return out.with_name(f"{out.name}.checkpoints")
+
+
 @dataclass
 class RunResult:
     out: Path
@@ -252,6 +258,9 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
             device=config.device, cache=config.cache,
         )
         clf.context.progress = progress
+        clf.context.run_dir = stage
+        clf.context.checkpoint_dir = checkpoint_dir_for(out)
+        clf.context.resume = config.resume
         clf.fit(data)
         n_before = len(clf.context.extraction)
         metrics = clf.evaluate(data)

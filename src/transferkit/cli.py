@@ -64,6 +64,38 @@ def fit(
     ] = None,
     no_cache: Annotated[bool, Opt("--no-cache", help="Do not read or write the feature cache.")
                         ] = False,
+    epochs: Annotated[int | None, Opt(help="Fine-tuning epochs. [3]", rich_help_panel="Fine-tuning")
+                      ] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate (full/partial 5e-5, lora 5e-4, "
+                                         "bitfit 1e-3).", rich_help_panel="Fine-tuning")] = None,
+    lr_decay: Annotated[float | None, Opt(help="Layer-wise LR decay, e.g. 0.8.",
+                                          rich_help_panel="Fine-tuning")] = None,
+    train_layers: Annotated[int | None, Opt(help="partial: how many top layer groups train.",
+                                            rich_help_panel="Fine-tuning")] = None,
+    schedule: Annotated[str | None, Opt(help="linear, cosine or constant (after warm-up).",
+                                        rich_help_panel="Fine-tuning")] = None,
+    grad_accum: Annotated[int | None, Opt(help="Gradient accumulation steps.",
+                                          rich_help_panel="Fine-tuning")] = None,
+    class_weights: Annotated[str | None, Opt(help="'balanced' for imbalanced classes.",
+                                             rich_help_panel="Fine-tuning")] = None,
+    eval_every: Annotated[int | None, Opt(help="Evaluate every N steps (default: each epoch).",
+                                          rich_help_panel="Fine-tuning")] = None,
+    patience: Annotated[int | None, Opt(help="Early stopping: evaluations without improvement.",
+                                        rich_help_panel="Fine-tuning")] = None,
+    metric: Annotated[str | None, Opt(help="Early-stopping metric: accuracy, macro_f1, loss.",
+                                      rich_help_panel="Fine-tuning")] = None,
+    checkpoint_every: Annotated[int | None, Opt(help="Checkpoint every N steps (for --resume).",
+                                                rich_help_panel="Fine-tuning")] = None,
+    resume: Annotated[bool, Opt("--resume", help="Continue a killed run from its last "
+                                "checkpoint.", rich_help_panel="Fine-tuning")] = False,
+    lora_r: Annotated[int | None, Opt(help="LoRA rank. [8]", rich_help_panel="Fine-tuning")
+                      ] = None,
+    lora_alpha: Annotated[int | None, Opt(help="LoRA alpha. [16]", rich_help_panel="Fine-tuning")
+                          ] = None,
+    merge: Annotated[bool, Opt("--merge", help="LoRA: fold the adapter into the weights on save.",
+                               rich_help_panel="Fine-tuning")] = False,
+    log_with: Annotated[str | None, Opt(help="Experiment tracker, e.g. tensorboard.",
+                                        rich_help_panel="Fine-tuning")] = None,
     overwrite: Annotated[bool | None, Opt(
         "--overwrite", help="Replace an existing --out folder (only once the run succeeded).")
     ] = None,
@@ -83,10 +115,18 @@ def fit(
         strict=strict, compare_baseline=baseline, overwrite=overwrite,
         cache=False if no_cache else None,
     )
-    if head is not None:
-        opts = dict(file_values.get("strategy_options") or {})
-        opts["head"] = head
-        cli_values["strategy_options"] = opts
+    strategy_flags = dict(
+        head=head, epochs=epochs, lr=lr, lr_decay=lr_decay, train_layers=train_layers,
+        schedule=schedule, grad_accum=grad_accum, class_weights=class_weights,
+        eval_every=eval_every, patience=patience, metric=metric,
+        checkpoint_every=checkpoint_every, r=lora_r, alpha=lora_alpha,
+        merge=True if merge else None, log_with=log_with,
+    )
+    given = {k: v for k, v in strategy_flags.items() if v is not None}
+    if given:
+        cli_values["strategy_options"] = {**(file_values.get("strategy_options") or {}), **given}
+    if resume:
+        cli_values["resume"] = True
     if train is None and "train" not in file_values:
         raise TransferkitError("No training data: pass TRAIN or set train: in --config.")
     cfg = build_config(file_values, cli_values)

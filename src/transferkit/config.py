@@ -43,6 +43,7 @@ class FitConfig(BaseModel):
     compare_baseline: bool = False
     compare_budgets: list[int] = Field(default_factory=list)
     overwrite: bool = False
+    resume: bool = False
 
 
 def _normalise_keys(raw: dict[str, Any]) -> dict[str, Any]:

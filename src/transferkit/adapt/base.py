@@ -7,6 +7,7 @@ Callers only ever do ``get_strategy(name, options).fit(model, data, ctx)``; a ne
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +29,9 @@ class FitContext:
     device: torch.device | None = None
     cache: FeatureCache | None = None
     progress: Any = None  # optional callable(stage: str, done: int, total: int)
+    run_dir: Path | None = None  # where training logs go (the run folder being written)
+    checkpoint_dir: Path | None = None  # where checkpoints go (outlives a killed run)
+    resume: bool = False
     extraction: list[ExtractionStats] = field(default_factory=list)
 
     def features(self, model: TransferModel, examples: Examples, stage: str) -> np.ndarray:

@@ -55,14 +55,16 @@ class Probe(Strategy):
         x = ctx.features(model, data.train, "features: train")
         y = label_indices(data.train, model.classes)
         scaler = StandardScaler().fit(x)
+        # Nearly constant feature dimensions would be blown up to noise by standardising, and
+        # the folded head would get huge weights that cancel badly in low precision.
+        scaler.scale_ = np.maximum(scaler.scale_, 1e-2 * np.median(scaler.scale_) + 1e-12)
         xs = scaler.transform(x).astype(np.float32)
         if self.head == "logreg":
             weight, bias, info = self._fit_logreg(xs, y, len(model.classes), ctx.seed)
         else:
             weight, bias, info = self._fit_torch(xs, y, len(model.classes), ctx)
         # Fold the scaler into the layer: W' = W / s, b' = b - W' . mean
-        scale = np.where(scaler.scale_ > 0, scaler.scale_, 1.0)
-        w = weight / scale[None, :]
+        w = weight / scaler.scale_[None, :]
         b = bias - w @ scaler.mean_
         head = nn.Linear(x.shape[1], len(model.classes))
         with torch.no_grad():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -52,7 +53,8 @@ class Backbone(nn.Module):
         """
         return list(examples)
 
-    def collate(self, prepared: list[Any]) -> dict[str, torch.Tensor]:
+    def collate(self, prepared: list[Any], augment: bool = False) -> dict[str, torch.Tensor]:
+        """Batch prepared examples; ``augment`` asks for training-time augmentation."""
         return self.preprocess(prepared)
 
     def cost(self, prepared_item: Any) -> int:
@@ -88,6 +90,31 @@ class Backbone(nn.Module):
             "fingerprint": self.fingerprint,
             "preprocessing": self.preprocessing(),
         }
+
+
+ADAPTER_DIR = "adapter"
+
+
+def split_adapter(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
+    """(base model with the original weights, the peft wrapper or None).
+
+    An unmerged LoRA backbone is saved as the untouched base weights plus the adapter, so a
+    reload rebuilds exactly the same modules (and the same fingerprint)."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return copy.deepcopy(model).unload(), model
+    return model, None
+
+
+def attach_adapter(model: nn.Module, directory: Path) -> nn.Module:
+    """Re-wrap a freshly loaded base model with the adapter saved by :func:`split_adapter`."""
+    adapter = directory / ADAPTER_DIR
+    if not (adapter / "adapter_config.json").is_file():
+        return model
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(adapter), is_trainable=False).eval()
 
 
 def largest_module_list(model: nn.Module) -> nn.ModuleList | None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..data.examples import TEXT
 from ..errors import BackboneNotFoundError, ConfigError
-from .base import Backbone, largest_module_list
+from .base import ADAPTER_DIR, Backbone, attach_adapter, largest_module_list, split_adapter
 
 POOLINGS = ("mean", "cls", "max", "last")
 BACKBONE_FILE = "transferkit_backbone.json"
@@ -42,7 +42,8 @@ class TextBackbone(Backbone):
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
         return [{k: enc[k][i] for k in keys} for i in range(len(examples))]
 
-    def collate(self, prepared: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+    def collate(self, prepared: list[dict[str, list[int]]], augment: bool = False
+                ) -> dict[str, torch.Tensor]:
         """Pad one batch to its own longest sequence (never to max_length)."""
         return dict(self.tokenizer.pad(prepared, padding=True, return_tensors="pt"))
 
@@ -88,7 +89,10 @@ class TextBackbone(Backbone):
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(directory, safe_serialization=True)
+        base, adapter = split_adapter(self.model)
+        base.save_pretrained(directory, safe_serialization=True)
+        if adapter is not None:
+            adapter.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         (directory / BACKBONE_FILE).write_text(json.dumps(self.preprocessing(), indent=2))
 
@@ -172,7 +176,7 @@ def load_text_backbone(
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     tokenizer.padding_side = "right"
-    model.eval()
+    model = attach_adapter(model, directory).eval()
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
     return TextBackbone(
         model, tokenizer,

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data.examples import IMAGE
 from ..errors import BackboneNotFoundError
-from .base import Backbone
+from .base import ADAPTER_DIR, Backbone, attach_adapter, split_adapter
 from .text import BACKBONE_FILE
 
 WEIGHTS_FILE = "model.safetensors"
@@ -41,10 +41,20 @@ class VisionBackbone(Backbone):
             "crop_mode": str(data_config.get("crop_mode", "center")),
         }
         self.transform = timm.data.create_transform(**self.data_config, is_training=False)
+        # timm's own training pipeline (random resized crop, flip, colour jitter) for the
+        # model's resolution and normalisation; used only when fine-tuning asks to augment.
+        self.train_transform = timm.data.create_transform(
+            input_size=self.data_config["input_size"], is_training=True,
+            mean=self.data_config["mean"], std=self.data_config["std"],
+            interpolation=self.data_config["interpolation"])
         self.feature_dim = int(model.num_features)
 
     def preprocess(self, examples: list[Any]) -> dict[str, torch.Tensor]:
         return {"pixel_values": torch.stack([self.transform(to_pil(x)) for x in examples])}
+
+    def collate(self, prepared: list[Any], augment: bool = False) -> dict[str, torch.Tensor]:
+        transform = self.train_transform if augment else self.transform
+        return {"pixel_values": torch.stack([transform(to_pil(x)) for x in prepared])}
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs["pixel_values"]).float()
@@ -72,8 +82,11 @@ class VisionBackbone(Backbone):
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        base, adapter = split_adapter(self.model)
+        state = {k: v.contiguous() for k, v in base.state_dict().items()}
         save_file(state, str(directory / WEIGHTS_FILE))
+        if adapter is not None:
+            adapter.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
         (directory / BACKBONE_FILE).write_text(json.dumps(self.preprocessing(), indent=2))
 
 
@@ -131,5 +144,8 @@ def load_vision_dir(directory: Path, *, source: str, resolved: str,
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
     overrides = {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct",
                                      "crop_mode") if k in cfg}
-    return VisionBackbone(model, cfg["architecture"], data_config_for(model, image_size, overrides),
-                          source=source, resolved=resolved)
+    backbone = VisionBackbone(model, cfg["architecture"],
+                              data_config_for(model, image_size, overrides),
+                              source=source, resolved=resolved)
+    backbone.model = attach_adapter(backbone.model, directory)
+    return backbone

@@ -1,0 +1,221 @@
+"""Fine-tuning strategies on the one training loop: full, partial, gradual, bitfit, lora.
+
+Each strategy only *plans*: which layer groups train, from which epoch, at which learning
+rate. The loop (``train/loop.py``) does the rest. By default the head starts from a linear
+probe on the frozen features (LP-FT, Kumar et al. 2022): fine-tuning then starts from a good
+classifier instead of a random one, which distorts the pretrained features less and converges
+in fewer epochs; the probe's features come from the cache, so it costs seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from ..data.examples import DataReport, Dataset, Examples
+from ..data.split import stratified_split
+from ..errors import ConfigError
+from ..train.loop import ParamGroup, TrainConfig, train
+from .base import FitContext, Strategy, label_indices, register
+from .model import TransferModel
+
+TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
+
+
+class FineTuneStrategy(Strategy):
+    """Shared options: every ``TrainConfig`` field, plus ``lr_decay`` (layer-wise LR decay:
+    each group below the top trains at ``lr_decay`` times the one above), ``init_head``
+    (``probe`` or ``random``) and ``valid_fraction`` (held out of train for early stopping
+    when the data has no validation split)."""
+
+    default_lr = 5e-5
+
+    def __init__(self, lr_decay: float | None = None, init_head: str = "probe",
+                 valid_fraction: float = 0.1, **train_options: Any) -> None:
+        unknown = set(train_options) - TRAIN_OPTIONS
+        if unknown:
+            raise ConfigError(
+                f"Unknown option(s) for strategy '{self.name}': {', '.join(sorted(unknown))}. "
+                f"Known: lr_decay, init_head, valid_fraction, {', '.join(sorted(TRAIN_OPTIONS))}."
+            )
+        if init_head not in ("probe", "random"):
+            raise ConfigError("init_head must be 'probe' or 'random'.")
+        if lr_decay is not None and not 0 < lr_decay <= 1:
+            raise ConfigError(f"lr_decay must be in (0, 1]; got {lr_decay}.")
+        train_options.setdefault("lr", self.default_lr)
+        self.train_config = TrainConfig(**train_options)
+        self.train_config.validate()
+        self.lr_decay, self.init_head, self.valid_fraction = lr_decay, init_head, valid_fraction
+
+    def options(self) -> dict[str, Any]:
+        return {"lr_decay": self.lr_decay, "init_head": self.init_head,
+                "valid_fraction": self.valid_fraction, **asdict(self.train_config)}
+
+    # -- what subclasses decide -------------------------------------------------------------
+    def trainable_depth(self, n_groups: int) -> int:
+        """How many layer groups, counted from the output side, ever train."""
+        return n_groups
+
+    def start_epoch(self, depth: int) -> int:
+        """Epoch at which the group ``depth`` below the top starts training (0 = at once)."""
+        return 0
+
+    def prepare_backbone(self, model: TransferModel) -> None:
+        """Hook for strategies that change the backbone's modules (LoRA)."""
+
+    def plan(self, model: TransferModel) -> tuple[list[ParamGroup], list[nn.Module]]:
+        cfg = self.train_config
+        groups = model.backbone.layer_groups()
+        n_train = max(0, min(self.trainable_depth(len(groups)), len(groups)))
+        plan = [ParamGroup(list(model.head.parameters()), cfg.head_lr or cfg.lr, 0, "head")]
+        frozen: list[nn.Module] = []
+        for i, group in enumerate(groups):
+            depth = len(groups) - 1 - i  # 0 = the group next to the head
+            start = self.start_epoch(depth)
+            if depth >= n_train or start >= cfg.epochs:
+                frozen.append(group)
+                continue
+            lr = cfg.lr * (self.lr_decay ** depth if self.lr_decay else 1.0)
+            plan.append(ParamGroup(list(group.parameters()), lr, start, f"group {i}"))
+        return plan, frozen
+
+    # -- the one path -----------------------------------------------------------------------
+    def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
+        train_ex, valid_ex = _train_valid(data, self.valid_fraction, ctx.seed)
+        info: dict[str, Any] = {}
+        if self.init_head == "probe":
+            from .probe import Probe
+
+            probe_data = Dataset(train=train_ex, test=data.test, classes=data.classes)
+            Probe().fit(model, probe_data, ctx)
+            info["head_init"] = "probe"
+            info["head_scale"] = _temper_head(model, ctx.features(model, train_ex, "features"))
+        self.prepare_backbone(model)
+        groups, frozen = self.plan(model)
+        planned = {id(p) for g in groups for p in g.params}
+        for p in model.parameters():  # fixed before accelerator.prepare (DESIGN.md)
+            p.requires_grad_(id(p) in planned)
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        total = sum(p.numel() for p in model.parameters())
+        result = train(
+            model, groups, train_ex.inputs, label_indices(train_ex, model.classes),
+            valid_ex.inputs if valid_ex is not None else None,
+            label_indices(valid_ex, model.classes) if valid_ex is not None else None,
+            len(model.classes), self.train_config, seed=ctx.seed, batch_size=ctx.batch_size,
+            precision=ctx.precision, device=ctx.device, frozen_modules=frozen,
+            run_dir=ctx.run_dir, checkpoint_dir=ctx.checkpoint_dir, resume=ctx.resume,
+            progress=_stage_progress(ctx),
+        )
+        self.finish_backbone(model)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.backbone.invalidate_fingerprint()  # new weights: never reuse old cache entries
+        return {**info, **result, "trainable_params": trainable, "total_params": total,
+                "trainable_fraction": trainable / total, "n_valid": 0 if valid_ex is None
+                else len(valid_ex)}
+
+    def finish_backbone(self, model: TransferModel) -> None:
+        """Hook after training (LoRA merges here when asked)."""
+
+
+def _temper_head(model: TransferModel, features: np.ndarray) -> float:
+    """Shrink the probe's head so its training logits have unit spread.
+
+    A probe fitted on few examples separates its own training set almost perfectly; left as
+    is, its saturated softmax gives fine-tuning near-zero gradients (exactly zero in bf16).
+    Keeping the direction but not the confidence gives LP-FT's good start *and* a signal.
+    """
+    import torch
+
+    with torch.no_grad():
+        logits = model.head(torch.from_numpy(features).float())
+        spread = float(logits.std())
+        scale = 1.0 / spread if spread > 1.0 else 1.0
+        model.head.weight.mul_(scale)
+        model.head.bias.mul_(scale)
+    return scale
+
+
+def _stage_progress(ctx: FitContext) -> Any:
+    if ctx.progress is None:
+        return None
+    return lambda stage, done, total: ctx.progress(stage, done, total)
+
+
+def _train_valid(data: Dataset, fraction: float, seed: int
+                 ) -> tuple[Examples, Examples | None]:
+    if data.valid is not None and len(data.valid):
+        return data.train, data.valid
+    counts = np.unique(data.train.labels, return_counts=True)[1]
+    if fraction <= 0 or counts.min() < 4:  # too few per class to spare any
+        return data.train, None
+    return stratified_split(data.train, fraction, seed, DataReport(), what="validation")
+
+
+@register
+class Full(FineTuneStrategy):
+    """Every layer trains (combine with ``lr_decay`` for layer-wise learning rates)."""
+
+    name = "full"
+
+
+@register
+class Partial(FineTuneStrategy):
+    """The top ``train_layers`` layer groups train; the rest stay frozen (and in eval mode)."""
+
+    name = "partial"
+
+    def __init__(self, train_layers: int = 2, **options: Any) -> None:
+        if train_layers < 0:
+            raise ConfigError("train_layers must be >= 0.")
+        super().__init__(**options)
+        self.train_layers = train_layers
+
+    def options(self) -> dict[str, Any]:
+        return {"train_layers": self.train_layers, **super().options()}
+
+    def trainable_depth(self, n_groups: int) -> int:
+        return self.train_layers
+
+
+@register
+class Gradual(FineTuneStrategy):
+    """ULMFiT-style gradual unfreezing: the head alone first, then one more layer group from
+    the top every ``unfreeze_every`` epochs (zero-LR groups until then, so DDP is safe)."""
+
+    name = "gradual"
+
+    def __init__(self, unfreeze_every: int = 1, **options: Any) -> None:
+        if unfreeze_every < 1:
+            raise ConfigError("unfreeze_every must be >= 1.")
+        options.setdefault("lr_decay", 0.8)
+        options.setdefault("epochs", 4)
+        super().__init__(**options)
+        self.unfreeze_every = unfreeze_every
+
+    def options(self) -> dict[str, Any]:
+        return {"unfreeze_every": self.unfreeze_every, **super().options()}
+
+    def start_epoch(self, depth: int) -> int:
+        return (depth + 1) * self.unfreeze_every
+
+
+@register
+class BitFit(FineTuneStrategy):
+    """Only biases and normalisation parameters train (Ben Zaken et al. 2022), plus the head."""
+
+    name = "bitfit"
+    default_lr = 1e-3
+
+    def plan(self, model: TransferModel) -> tuple[list[ParamGroup], list[nn.Module]]:
+        cfg = self.train_config
+        norm_types = (nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)
+        norm_params = {id(p) for m in model.backbone.modules() if isinstance(m, norm_types)
+                       for p in m.parameters(recurse=False)}
+        params = [p for n, p in model.backbone.named_parameters()
+                  if n.endswith("bias") or id(p) in norm_params]
+        return [ParamGroup(list(model.head.parameters()), cfg.head_lr or cfg.lr, 0, "head"),
+                ParamGroup(params, cfg.lr, 0, "biases+norms")], []

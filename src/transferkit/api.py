@@ -187,12 +187,16 @@ class staged_output:  # noqa: N801  (used as a context manager, reads like one)
     folder is replaced only after the new one is whole, so a failed run loses nothing.
     """
 
-    def __init__(self, target: Path, overwrite: bool) -> None:
+    def __init__(self, target: Path, overwrite: bool, main_process: bool = True) -> None:
         self.target = Path(target)
         self.overwrite = overwrite
+        self.main_process = main_process
 
     def __enter__(self) -> Path:
         t = self.target
+        if not self.main_process:  # other DDP ranks train too, but write into a scratch folder
+            self.stage = Path(tempfile.mkdtemp(prefix="transferkit-rank-"))
+            return self.stage
         if t.exists() and (not t.is_dir() or any(t.iterdir())) and not self.overwrite:
             raise ArtifactError(
                 f"Output folder {t} already exists. Choose another --out, or pass --overwrite "
@@ -203,7 +207,7 @@ class staged_output:  # noqa: N801  (used as a context manager, reads like one)
         return self.stage
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None:
+        if exc_type is not None or not self.main_process:
             shutil.rmtree(self.stage, ignore_errors=True)
             return
         if self.target.exists():
@@ -243,7 +247,9 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
 
     start = time.perf_counter()
     out = Path(config.out)
-    with staged_output(out, config.overwrite) as stage:
+    # Under `accelerate launch` / torchrun every rank runs this; only rank 0 writes the run.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with staged_output(out, config.overwrite, main_process) as stage:
         if data is None:
             data = load_data(
                 config.train, config.valid, config.test, text_column=config.text_column,

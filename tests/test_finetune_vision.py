@@ -1,0 +1,55 @@
+"""Fine-tuning an image backbone: timm's training transforms, mixup/cutmix, partial freezing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from transferkit import Classifier
+from transferkit.data.examples import Dataset, Examples
+
+
+@pytest.fixture(scope="module")
+def fmnist_small(data_dir):
+    arrays = np.load(data_dir / "fashion_mnist.test.npz")
+    classes = [str(c) for c in arrays["classes"]]
+    keep = np.flatnonzero(arrays["labels"] < 3)[:240]
+    ex = Examples(list(arrays["images"][keep]), [classes[i] for i in arrays["labels"][keep]],
+                  [f"i{i}" for i in keep], "image")
+    train, test = ex.subset(range(0, 160)), ex.subset(range(160, 240))
+    return Dataset(train=train, test=test, classes=sorted(set(ex.labels)))
+
+
+def test_partial_finetune_with_mixup_trains_top_groups_only(fmnist_small):
+    from transferkit.backbones import load_backbone
+
+    backbone = load_backbone("efficientnet_lite0", image_size=64)
+    before = {k: v.clone() for k, v in backbone.state_dict().items()}
+    clf = Classifier(backbone, "partial", batch_size=16, strategy_options={
+        "epochs": 1, "lr": 1e-3, "train_layers": 2, "mixup": 0.2, "cutmix": 0.2,
+        "restore_best": False}).fit(fmnist_small)
+    after = clf.model.backbone.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed
+    top = clf.model.backbone.layer_groups()[-2:]
+    top_ids = {id(p) for g in top for p in g.parameters()} | \
+        {id(b) for g in top for b in g.buffers()}
+    tensors = dict(clf.model.backbone.named_parameters()) | dict(
+        clf.model.backbone.named_buffers())
+    assert all(id(tensors[k]) in top_ids for k in changed if k in tensors)
+    assert clf.evaluate(fmnist_small)["accuracy"] > 0.6  # 3 classes: chance is 0.33
+
+
+def test_augmentation_is_used_only_for_training():
+    from transferkit.backbones import load_backbone
+
+    backbone = load_backbone("efficientnet_lite0", image_size=64)
+    image = np.random.default_rng(0).integers(0, 255, (28, 28), dtype=np.uint8)
+    torch.manual_seed(0)
+    a = backbone.collate([image], augment=True)["pixel_values"]
+    b = backbone.collate([image], augment=True)["pixel_values"]
+    c = backbone.collate([image])["pixel_values"]
+    d = backbone.collate([image])["pixel_values"]
+    assert not torch.equal(a, b)  # random crops / flips differ
+    torch.testing.assert_close(c, d)

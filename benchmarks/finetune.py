@@ -37,7 +37,7 @@ def _data(n_train: int, seed: int):
     return train, test
 
 
-def worker_transferkit(args: argparse.Namespace, strategy: str) -> dict:
+def worker_transferkit(args: argparse.Namespace, strategy: str, **extra: object) -> dict:
     from transferkit import Classifier
     from transferkit.data.examples import Dataset, Examples
 
@@ -51,14 +51,18 @@ def worker_transferkit(args: argparse.Namespace, strategy: str) -> dict:
     data = Dataset(train=tr, test=te, classes=classes)
     options = {"epochs": args.epochs, "valid_fraction": 0.0, "patience": None,
                "warmup_ratio": 0.0, "weight_decay": 0.0}
-    if strategy == "full":
+    if strategy in ("full", "partial"):
         options["lr"] = args.lr
+    options.update(extra)
     clf = Classifier("minilm", strategy, strategy_options=options, batch_size=args.batch_size,
                      seed=args.seed, cache=False)
     clf.fit(data)
     acc = clf.evaluate(data)["accuracy"]
     info = clf.fit_info
+    later = info["epoch_seconds"][1:] or info["epoch_seconds"]
     return {"train_seconds_per_epoch": info["train_seconds"] / args.epochs,
+            "later_epoch_seconds": sum(later) / len(later),
+            "prefix_cache_seconds": info.get("prefix_cache_seconds", 0.0),
             "total_seconds": time.perf_counter() - start, "accuracy": acc,
             "trainable_params": info["trainable_params"], "total_params": info["total_params"],
             "precision": info["precision"]}
@@ -120,7 +124,12 @@ CONTENDERS = {
     "transferkit lora": lambda a: worker_transferkit(a, "lora"),
     "Trainer fp32": lambda a: worker_trainer(a, False),
     "Trainer bf16": lambda a: worker_trainer(a, True),
+    "transferkit partial": lambda a: worker_transferkit(a, "partial", train_layers=2),
+    "transferkit partial, no prefix cache": lambda a: worker_transferkit(
+        a, "partial", train_layers=2, cache_prefix=False),
 }
+MAIN = ["transferkit full", "transferkit lora", "Trainer fp32", "Trainer bf16"]
+PREFIX = ["transferkit partial", "transferkit partial, no prefix cache"]
 
 
 def main() -> None:
@@ -133,7 +142,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--worker", choices=sorted(CONTENDERS))
     ap.add_argument("--tmp", default="/tmp/tk-bench-finetune")
-    ap.add_argument("--only", nargs="*", default=None)
+    ap.add_argument("--prefix", action="store_true",
+                    help="compare partial top-2 with and without the frozen-prefix cache "
+                         "(writes results/finetune_prefix.json)")
     args = ap.parse_args()
     sys.path.insert(0, str(HERE))
 
@@ -151,7 +162,7 @@ def main() -> None:
 
     import transferkit
 
-    names = args.only or list(CONTENDERS)
+    names = PREFIX if args.prefix else MAIN
     runs: dict[str, list[dict]] = {n: [] for n in names}
     base = [sys.executable, str(Path(__file__).resolve()), "--train", str(args.train),
             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr",
@@ -195,12 +206,23 @@ def main() -> None:
         entries.append(entry("lora vs full: test accuracy", med("transferkit lora", "accuracy"),
                              med("transferkit full", "accuracy"), "accuracy", n, True,
                              versions, note="peer column = transferkit full"))
+    if args.prefix:
+        a, b = PREFIX
+        entries.append(entry("partial top-2: s per epoch after the first, cached vs not",
+                             med(a, "later_epoch_seconds"), med(b, "later_epoch_seconds"), "s",
+                             n, False, versions,
+                             prefix_cache_seconds=med(a, "prefix_cache_seconds"),
+                             ours_accuracy=med(a, "accuracy"), peer_accuracy=med(b, "accuracy"),
+                             note="peer column = transferkit partial without the cache"))
+        entries.append(entry("partial top-2: total wall s, cached vs not",
+                             med(a, "total_seconds"), med(b, "total_seconds"), "s", n, False,
+                             versions, note="peer column = transferkit partial without the cache"))
     print_table(entries)
     for name in names:
         print(f"{name}: accuracy {med(name, 'accuracy'):.4f}, "
               f"train {med(name, 'train_seconds_per_epoch'):.1f} s/epoch, total "
               f"{med(name, 'total_seconds'):.1f} s, peak RSS {med(name, 'peak_rss_mb'):.0f} MiB")
-    print(f"results: {write_results('finetune', entries)}")
+    print(f"results: {write_results('finetune_prefix' if args.prefix else 'finetune', entries)}")
 
 
 if __name__ == "__main__":

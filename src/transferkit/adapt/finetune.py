@@ -107,7 +107,8 @@ class FineTuneStrategy(Strategy):
             len(model.classes), self.train_config, seed=ctx.seed, batch_size=ctx.batch_size,
             precision=ctx.precision, device=ctx.device, frozen_modules=frozen,
             run_dir=ctx.run_dir, checkpoint_dir=ctx.checkpoint_dir, resume=ctx.resume,
-            progress=_stage_progress(ctx),
+            progress=_stage_progress(ctx), prefix_layers=self.cacheable_prefix(model, frozen),
+            feature_cache=ctx.cache,
         )
         self.finish_backbone(model)
         for p in model.parameters():
@@ -119,6 +120,14 @@ class FineTuneStrategy(Strategy):
 
     def finish_backbone(self, model: TransferModel) -> None:
         """Hook after training (LoRA merges here when asked)."""
+
+    def cacheable_prefix(self, model: TransferModel, frozen: list[nn.Module]
+                         ) -> list[nn.Module] | None:
+        """Frozen repeated layers whose outputs can be computed once (see train/prefix.py).
+
+        Only a *static* prefix of a text backbone qualifies: image training augments its
+        inputs, so frozen image layers see new pixels every epoch."""
+        return None
 
 
 def _temper_head(model: TransferModel, features: np.ndarray) -> float:
@@ -168,14 +177,33 @@ class Partial(FineTuneStrategy):
 
     name = "partial"
 
-    def __init__(self, train_layers: int = 2, **options: Any) -> None:
+    def __init__(self, train_layers: int = 2, cache_prefix: bool = True, **options: Any
+                 ) -> None:
         if train_layers < 0:
             raise ConfigError("train_layers must be >= 0.")
         super().__init__(**options)
-        self.train_layers = train_layers
+        self.train_layers, self.cache_prefix = train_layers, cache_prefix
 
     def options(self) -> dict[str, Any]:
-        return {"train_layers": self.train_layers, **super().options()}
+        return {"train_layers": self.train_layers, "cache_prefix": self.cache_prefix,
+                **super().options()}
+
+    def cacheable_prefix(self, model: TransferModel, frozen: list[nn.Module]
+                         ) -> list[nn.Module] | None:
+        from ..backbones.base import largest_module_list
+
+        if not self.cache_prefix or model.backbone.modality != "text":
+            return None
+        layers = largest_module_list(model.backbone.model)
+        if layers is None:
+            return None
+        frozen_ids = {id(m) for m in frozen}
+        prefix = []
+        for layer in layers:  # the leading run of frozen layers, input side first
+            if id(layer) not in frozen_ids:
+                break
+            prefix.append(layer)
+        return prefix or None
 
     def trainable_depth(self, n_groups: int) -> int:
         return self.train_layers

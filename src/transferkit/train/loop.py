@@ -148,6 +148,8 @@ def train(
     checkpoint_dir: Path | None = None,
     resume: bool = False,
     progress: Any = None,
+    prefix_layers: list[nn.Module] | None = None,
+    feature_cache: Any = None,
 ) -> dict[str, Any]:
     """Train ``model`` (a TransferModel) in place; return the history and what was chosen."""
     from safetensors.torch import load_file, save_file
@@ -201,6 +203,23 @@ def train(
         from timm.data import Mixup
 
         mixer = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, num_classes=n_classes)
+
+    prefix = None
+    prefix_seconds = 0.0
+    if prefix_layers:
+        from contextlib import nullcontext
+
+        from .prefix import build_prefix_cache
+
+        t0 = time.perf_counter()
+        autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16) \
+            if resolved == "bf16" else nullcontext()
+        backbone.to(accelerator.device)
+        prefix = build_prefix_cache(
+            backbone, prefix_layers, prepared, batch_size=batch_size, device=accelerator.device,
+            autocast=autocast, cache=feature_cache,
+            key_parts=[backbone.fingerprint, str(len(prefix_layers)), resolved])
+        prefix_seconds = time.perf_counter() - t0
 
     model, optimizer = accelerator.prepare(model, optimizer)
     accelerator.register_for_checkpointing(scheduler)
@@ -278,6 +297,8 @@ def train(
         accelerator.wait_for_everyone()
 
     start = time.perf_counter()
+    epoch_seconds: list[float] = []
+    epoch_start = time.perf_counter()
     running, running_n = 0.0, 0
     done = state.stopped_early or (cfg.max_steps is not None
                                    and state.global_step >= cfg.max_steps)
@@ -297,6 +318,8 @@ def train(
             soft = None
             if mixer is not None and len(idx) % 2 == 0:  # timm mixes pairs within a batch
                 batch["pixel_values"], soft = mixer(batch["pixel_values"], target)
+            if prefix is not None:
+                prefix.activate(idx)
             with accelerator.accumulate(model):
                 logits = model(**batch).float()
                 if soft is None:
@@ -308,6 +331,8 @@ def train(
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
+            if prefix is not None:
+                prefix.deactivate()
             state.batch_in_epoch = b + 1
             running += loss.item()
             running_n += 1
@@ -339,12 +364,16 @@ def train(
                 after_eval(evaluate())
             state.epoch += 1
             state.batch_in_epoch = 0
+            epoch_seconds.append(time.perf_counter() - epoch_start)
+            epoch_start = time.perf_counter()
         if state.stopped_early:
             break
     if valid_prepared and (state.best_metric is None or state.global_step > state.best_step) \
             and cfg.eval_every:
         after_eval(evaluate())  # the final weights get a fair chance to be the best
 
+    if prefix is not None:
+        prefix.remove()
     if cfg.log_with:
         accelerator.end_training()
     if cfg.restore_best and best_weights is not None:
@@ -358,7 +387,9 @@ def train(
         "best_step": state.best_step, "best_valid": state.best_metric,
         "metric": cfg.metric, "stopped_early": state.stopped_early, "precision": resolved,
         "train_seconds": time.perf_counter() - start,
-        "processes": accelerator.num_processes,
+        "processes": accelerator.num_processes, "prefix_cache_seconds": prefix_seconds,
+        "prefix_cached_layers": len(prefix_layers or []),
+        "epoch_seconds": epoch_seconds,
     }
 
 

@@ -1,0 +1,155 @@
+"""Frozen-prefix activation cache: run the frozen lower layers once per dataset, not per epoch.
+
+When the bottom layers of a text backbone are frozen (and run in eval mode, so they are
+deterministic), their output for a given text never changes during training. We compute it
+once, keep it per example (on disk through the feature cache, keyed by the backbone
+fingerprint, the prefix depth, the precision and the data), and during training the first
+frozen layer *returns* the cached output while the other frozen layers pass it through:
+the model's own code still builds masks and runs the trainable top layers, so nothing
+architecture-specific is re-implemented. Embedding look-ups still run (they are cheap).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .cache import FeatureCache
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the frozen prefix has run."""
+
+
+def _hidden(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple | list) else output
+
+
+def _like(output_template: Any, hidden: torch.Tensor) -> Any:
+    if isinstance(output_template, tuple):
+        return (hidden, *([None] * (len(output_template) - 1)))
+    return hidden
+
+
+class PrefixCache:
+    """Replays the output of ``layers[:depth]`` (the frozen repeated layers of a text model)."""
+
+    def __init__(self, layers: list[nn.Module], per_example: list[torch.Tensor]) -> None:
+        self.layers = layers
+        self.per_example = per_example
+        self.batch: list[int] | None = None
+        self.template: Any = None
+        self._originals = [layer.forward for layer in layers]
+        for i, layer in enumerate(layers):
+            layer.forward = self._make_forward(i)  # instance attribute: wrapping-proof
+
+    def _make_forward(self, position: int):
+        original = self._originals[position]
+
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            if self.batch is None:
+                return original(*args, **kwargs)
+            hidden_in = args[0] if args else kwargs["hidden_states"]
+            if position == 0:
+                hidden_in = self._replay(hidden_in)
+            return _like(self.template, hidden_in)
+
+        return forward
+
+    def _replay(self, like: torch.Tensor) -> torch.Tensor:
+        rows = [self.per_example[i] for i in self.batch or []]
+        out = torch.zeros(like.shape[0], like.shape[1], rows[0].shape[-1], dtype=rows[0].dtype,
+                          device=like.device)
+        for r, value in enumerate(rows):
+            out[r, : value.shape[0]] = value.to(like.device)
+        return out.to(like.dtype) if like.is_floating_point() else out
+
+    def activate(self, batch: list[int]) -> None:
+        self.batch = list(batch)
+
+    def deactivate(self) -> None:
+        self.batch = None
+
+    def remove(self) -> None:
+        for layer, original in zip(self.layers, self._originals, strict=True):
+            layer.forward = original
+
+
+def build_prefix_cache(
+    backbone: Any, layers: list[nn.Module], prepared: list[Any], *, batch_size: int,
+    device: torch.device, autocast: Any, cache: FeatureCache | None, key_parts: list[str],
+) -> PrefixCache:
+    """Run the backbone up to the last frozen layer once, keep each example's hidden states."""
+    key = None
+    if cache is not None:
+        h = hashlib.sha256("|".join(key_parts).encode())
+        for p in prepared:
+            h.update(np.asarray(p["input_ids"], dtype=np.int64).tobytes() + b"|")
+        key = "prefix-" + h.hexdigest()[:36]
+        hit = cache.load(key)
+        lengths = [len(p["input_ids"]) for p in prepared]
+        if hit is not None and hit.shape[0] == sum(lengths):
+            per_example = list(torch.from_numpy(hit).split(lengths))
+            cache_obj = PrefixCache(layers, per_example)
+            cache_obj.template = _probe_template(backbone, layers, prepared, device)
+            return cache_obj
+
+    captured: dict[str, Any] = {}
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        captured["out"] = output
+        raise _Stop
+
+    handle = layers[-1].register_forward_hook(hook)
+    per_example: list[torch.Tensor | None] = [None] * len(prepared)
+    order = np.argsort([-len(p["input_ids"]) for p in prepared], kind="stable")
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.inference_mode(), autocast:
+            for s in range(0, len(order), batch_size):
+                idx = order[s:s + batch_size]
+                batch = backbone.collate([prepared[i] for i in idx])
+                batch = {k: v.to(device) for k, v in batch.items()}
+                try:
+                    backbone.model(**batch)
+                except _Stop:
+                    pass
+                hidden = _hidden(captured["out"]).float().cpu()
+                for r, i in enumerate(idx):
+                    per_example[i] = hidden[r, : len(prepared[i]["input_ids"])].clone()
+    finally:
+        handle.remove()
+        backbone.train(was_training)
+    template = captured["out"]
+    if cache is not None and key is not None:
+        cache.save(key, torch.cat(per_example).numpy())  # type: ignore[arg-type]
+    result = PrefixCache(layers, per_example)  # type: ignore[arg-type]
+    result.template = template
+    return result
+
+
+def _probe_template(backbone: Any, layers: list[nn.Module], prepared: list[Any],
+                    device: torch.device) -> Any:
+    """The output structure (tensor or tuple) of a frozen layer, from one tiny forward pass."""
+    captured: dict[str, Any] = {}
+
+    def hook(_m: nn.Module, _i: Any, output: Any) -> None:
+        captured["out"] = output
+        raise _Stop
+
+    handle = layers[-1].register_forward_hook(hook)
+    try:
+        with torch.inference_mode():
+            batch = {k: v.to(device) for k, v in backbone.collate(prepared[:1]).items()}
+            try:
+                backbone.model(**batch)
+            except _Stop:
+                pass
+    finally:
+        handle.remove()
+    return captured["out"]

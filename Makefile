@@ -23,7 +23,9 @@ test: setup
 	$(BIN)/python -m pytest -q
 
 bench: setup
-	$(BIN)/python benchmarks/extract.py
+	cd benchmarks && ../$(BIN)/python extract.py
+	cd benchmarks && ../$(BIN)/python finetune.py
+	cd benchmarks && ../$(BIN)/python finetune.py --prefix --epochs 3
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -23,7 +23,7 @@ from .backbones import Backbone, load_backbone
 from .config import FitConfig, dump_yaml
 from .data import Dataset, Examples, issue_summary, load_data, read_source
 from .errors import ArtifactError, ConfigError
-from .evaluate.metrics import compute_metrics
+from .evaluate.metrics import compute_metrics, compute_multilabel_metrics
 from .train.cache import FeatureCache
 
 Progress = Callable[[str, int, int], None]
@@ -115,8 +115,9 @@ class Classifier:
         return model.head_proba(self.context.features(model, examples, "features: predict"))
 
     def predict(self, inputs: list[Any] | Examples) -> list[str]:
-        proba = self.predict_proba(inputs)
-        return [self.classes[i] for i in proba.argmax(axis=1)]
+        """Label names; for a multi-label model, each example's labels joined with the
+        training data's delimiter (empty when no label clears its threshold)."""
+        return self._require_model().labels_from_proba(self.predict_proba(inputs))
 
     def evaluate(self, data: Examples | Dataset | str | Path, **read_options: Any
                  ) -> dict[str, Any]:
@@ -127,9 +128,13 @@ class Classifier:
         elif isinstance(data, Examples):
             examples = data
         else:
-            examples = evaluation_examples(data, model.classes, **read_options)
+            examples = evaluation_examples(data, model.classes, delimiter=model.delimiter
+                                           if model.multilabel else None, **read_options)
         proba = self.predict_proba(examples)
-        return compute_metrics(label_indices(examples, model.classes), proba, model.classes)
+        truth = label_indices(examples, model.classes)
+        if model.multilabel:
+            return compute_multilabel_metrics(truth, proba, model.classes, model.thresholds)
+        return compute_metrics(truth, proba, model.classes)
 
     # -- reuse ----------------------------------------------------------------------------
     def save(self, directory: str | Path, overwrite: bool = False) -> Path:
@@ -165,14 +170,16 @@ def _strategy_names() -> set[str]:
 
 
 def evaluation_examples(source: str | Path, classes: list[str], *,
-                        text_column: str | None = None, label_column: str | None = None
-                        ) -> Examples:
+                        text_column: str | None = None, label_column: str | None = None,
+                        delimiter: str | None = None) -> Examples:
     """Labelled examples from a file for ``evaluate``: bad rows and unknown labels dropped."""
     from .data import DataReport
-    from .data.validate import clean_rows, drop_unseen_labels
+    from .data.validate import canonical_multilabels, clean_rows, drop_unseen_labels
 
     splits = read_source(source, text_column, label_column)
     examples = splits.get("test") or splits.get("all") or next(iter(splits.values()))
+    if delimiter:
+        examples = canonical_multilabels(examples, delimiter)
     report = DataReport()
     examples = drop_unseen_labels(clean_rows(examples, report, True), classes, report)
     if len(examples) == 0:
@@ -255,7 +262,7 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
                 config.train, config.valid, config.test, text_column=config.text_column,
                 label_column=config.label_column, per_class=config.per_class, seed=config.seed,
                 test_size=config.test_size, strict=config.strict,
-                max_bad_fraction=config.max_bad_fraction,
+                max_bad_fraction=config.max_bad_fraction, label_delimiter=config.label_delimiter,
             )
         clf = Classifier(
             config.backbone, config.strategy, strategy_options=config.strategy_options,
@@ -273,7 +280,7 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
         extraction = clf.context.extraction
         extract_seconds = clf.timings["extract"] + sum(s.seconds for s in extraction[n_before:])
         comparison = []
-        if config.compare_baseline:
+        if config.compare_baseline and not data.multilabel:
             comparison = compare_with_baseline(config, data, clf, metrics)
         model = clf._require_model()
         save_model(model, stage, clf.strategy_record())

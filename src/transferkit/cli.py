@@ -43,6 +43,8 @@ def fit(
                            ] = None,
     label_column: Annotated[str | None, Opt(help="Label column (default: found automatically).")
                             ] = None,
+    label_delimiter: Annotated[str | None, Opt(
+        help="Multi-label: labels in one cell separated by this, e.g. '|'.")] = None,
     per_class: Annotated[int | None, Opt(help="Label budget: at most N training examples per "
                                               "class (stratified, seeded).")] = None,
     test_size: Annotated[float | None, Opt(help="Held-out fraction when no --test. [0.2]")] = None,
@@ -110,6 +112,7 @@ def fit(
     cli_values: dict[str, Any] = dict(
         train=train, valid=valid, test=test, backbone=backbone, strategy=strategy, out=out_dir,
         text_column=text_column, label_column=label_column, per_class=per_class,
+        label_delimiter=label_delimiter,
         test_size=test_size, seed=seed, batch_size=batch_size, precision=precision,
         pooling=pooling, max_length=max_length, image_size=image_size, device=device,
         strict=strict, compare_baseline=baseline, overwrite=overwrite,

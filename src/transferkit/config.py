@@ -25,6 +25,7 @@ class FitConfig(BaseModel):
     out: str = "runs/latest"
     text_column: str | None = None
     label_column: str | None = None
+    label_delimiter: str | None = None  # multi-label: "a|b" label cells
     per_class: int | None = Field(default=None, ge=1)
     test_size: float = Field(default=0.2, gt=0, lt=1)
     strict: bool = False

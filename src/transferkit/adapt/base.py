@@ -85,5 +85,11 @@ def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
 
 
 def label_indices(examples: Examples, classes: list[str]) -> np.ndarray:
+    """Class indices ``[N]``, or for multi-label data a 0/1 matrix ``[N, K]`` (float32)."""
     index = {c: i for i, c in enumerate(classes)}
+    if examples.multilabel:
+        out = np.zeros((len(examples), len(classes)), dtype=np.float32)
+        for r, labels in enumerate(examples.label_sets()):
+            out[r, [index[x] for x in labels]] = 1.0
+        return out
     return np.array([index[label] for label in examples.labels or []], dtype=np.int64)

@@ -86,6 +86,8 @@ class FineTuneStrategy(Strategy):
     def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
         train_ex, valid_ex = _train_valid(data, self.valid_fraction, ctx.seed)
         info: dict[str, Any] = {}
+        if train_ex.multilabel:
+            model.multilabel, model.delimiter = True, train_ex.delimiter
         if self.init_head == "probe":
             from .probe import Probe
 
@@ -114,12 +116,24 @@ class FineTuneStrategy(Strategy):
         for p in model.parameters():
             p.requires_grad_(False)
         model.backbone.invalidate_fingerprint()  # new weights: never reuse old cache entries
+        if model.multilabel:
+            model.thresholds = self._thresholds(model, valid_ex, ctx)
         return {**info, **result, "trainable_params": trainable, "total_params": total,
                 "trainable_fraction": trainable / total, "n_valid": 0 if valid_ex is None
                 else len(valid_ex)}
 
     def finish_backbone(self, model: TransferModel) -> None:
         """Hook after training (LoRA merges here when asked)."""
+
+    @staticmethod
+    def _thresholds(model: TransferModel, valid_ex: Examples | None, ctx: FitContext
+                    ) -> list[float]:
+        from ..evaluate.metrics import tune_thresholds
+
+        if valid_ex is None:
+            return [0.5] * len(model.classes)
+        proba = model.head_proba(ctx.features(model, valid_ex, "features: valid"))
+        return tune_thresholds(label_indices(valid_ex, model.classes), proba)
 
     def cacheable_prefix(self, model: TransferModel, frozen: list[nn.Module]
                          ) -> list[nn.Module] | None:

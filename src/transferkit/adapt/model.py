@@ -15,11 +15,17 @@ from ..train.cache import FeatureCache, extract_features
 class TransferModel(nn.Module):
     """``backbone -> head -> softmax``; every strategy produces one of these."""
 
-    def __init__(self, backbone: Backbone, classes: list[str], head: nn.Module | None = None):
+    def __init__(self, backbone: Backbone, classes: list[str], head: nn.Module | None = None,
+                 *, multilabel: bool = False, thresholds: list[float] | None = None,
+                 delimiter: str | None = None):
         super().__init__()
         self.backbone = backbone
         self.classes = list(classes)
         self.head = head if head is not None else nn.Linear(backbone.feature_dim, len(classes))
+        # multi-label: independent sigmoids, a label is on above its (tuned) threshold
+        self.multilabel = multilabel
+        self.thresholds = thresholds
+        self.delimiter = delimiter
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(**inputs))
@@ -29,7 +35,9 @@ class TransferModel(nn.Module):
         param = next(self.head.parameters())
         with torch.inference_mode():
             x = torch.from_numpy(np.ascontiguousarray(features)).to(param.device, param.dtype)
-            return torch.softmax(self.head(x).float(), dim=-1).cpu().numpy()
+            logits = self.head(x).float()
+            out = torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
+            return out.cpu().numpy()
 
     def predict_proba(
         self, inputs: list[Any], *, batch_size: int = 32, precision: str = "auto",
@@ -40,5 +48,13 @@ class TransferModel(nn.Module):
         return self.head_proba(features)
 
     def predict(self, inputs: list[Any], **kwargs: Any) -> list[str]:
-        proba = self.predict_proba(inputs, **kwargs)
-        return [self.classes[i] for i in proba.argmax(axis=1)]
+        return self.labels_from_proba(self.predict_proba(inputs, **kwargs))
+
+    def labels_from_proba(self, proba: np.ndarray) -> list[str]:
+        """Label names; multi-label sets are joined with the training data's delimiter."""
+        if not self.multilabel:
+            return [self.classes[i] for i in proba.argmax(axis=1)]
+        thr = np.asarray(self.thresholds or [0.5] * len(self.classes))
+        sep = self.delimiter or "|"
+        return [sep.join(c for c, on in zip(self.classes, row >= thr, strict=True) if on)
+                for row in proba]

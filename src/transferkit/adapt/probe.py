@@ -59,7 +59,14 @@ class Probe(Strategy):
         # the folded head would get huge weights that cancel badly in low precision.
         scaler.scale_ = np.maximum(scaler.scale_, 1e-2 * np.median(scaler.scale_) + 1e-12)
         xs = scaler.transform(x).astype(np.float32)
-        if self.head == "logreg":
+        if y.ndim == 2:  # multi-label: one binary problem per label, thresholds tuned
+            model.multilabel, model.delimiter = True, data.train.delimiter
+            if self.head == "logreg":
+                weight, bias, info = self._fit_multilabel(xs, y, ctx.seed)
+            else:
+                weight, bias, info = self._fit_torch(xs, y, len(model.classes), ctx)
+            model.thresholds = info.pop("thresholds")
+        elif self.head == "logreg":
             weight, bias, info = self._fit_logreg(xs, y, len(model.classes), ctx.seed)
         else:
             weight, bias, info = self._fit_torch(xs, y, len(model.classes), ctx)
@@ -91,14 +98,51 @@ class Probe(Strategy):
             intercept = np.array([-intercept[0] / 2, intercept[0] / 2])
         return coef, intercept, info
 
+    def _fit_multilabel(self, x: np.ndarray, y: np.ndarray, seed: int
+                        ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        from sklearn.model_selection import cross_val_predict
+
+        from ..evaluate.metrics import tune_thresholds
+
+        k_labels = y.shape[1]
+        weight = np.zeros((k_labels, x.shape[1]))
+        bias = np.zeros(k_labels)
+        oof = np.full(y.shape, 0.5)
+        cs = []
+        for k in range(k_labels):
+            yk = y[:, k].astype(int)
+            n_pos = int(yk.sum())
+            if n_pos in (0, len(yk)):  # never or always on in training: a constant
+                rate = np.clip(n_pos / len(yk), 1e-3, 1 - 1e-3)
+                bias[k] = np.log(rate / (1 - rate))
+                cs.append(None)
+                continue
+            folds = min(self.cv_folds, n_pos, len(yk) - n_pos)
+            if folds >= 2:
+                cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+                clf = make_logreg_cv(np.logspace(-4, 2, self.Cs), cv, self.max_iter, seed)
+                clf.fit(x, yk)
+                c = float(np.atleast_1d(clf.C_)[0])
+                oof[:, k] = cross_val_predict(LogisticRegression(C=c, max_iter=self.max_iter),
+                                              x, yk, cv=cv, method="predict_proba")[:, 1]
+            else:
+                c = 1.0
+                clf = LogisticRegression(C=c, max_iter=self.max_iter).fit(x, yk)
+            weight[k], bias[k] = clf.coef_[0], clf.intercept_[0]
+            cs.append(c)
+        # thresholds from out-of-fold probabilities: honest, unlike the training fit's own
+        return weight, bias, {"C": cs, "thresholds": tune_thresholds(y, oof)}
+
     def _fit_torch(self, x: np.ndarray, y: np.ndarray, n_classes: int, ctx: FitContext
                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         gen = torch.Generator().manual_seed(ctx.seed)
         torch.manual_seed(ctx.seed)
         device = ctx.device or torch.device("cpu")
-        can_hold_out = len(y) >= 20 and np.bincount(y).min() >= 2
+        multilabel = y.ndim == 2
+        strata = y.argmax(1) if multilabel else y
+        can_hold_out = len(y) >= 20 and np.bincount(strata).min() >= 2
         if can_hold_out:
-            tr, va = train_test_split(np.arange(len(y)), test_size=0.1, stratify=y,
+            tr, va = train_test_split(np.arange(len(y)), test_size=0.1, stratify=strata,
                                       random_state=ctx.seed)
         else:
             tr, va = np.arange(len(y)), np.arange(0)
@@ -106,7 +150,7 @@ class Probe(Strategy):
         yt = torch.from_numpy(y).to(device)
         layer = nn.Linear(x.shape[1], n_classes).to(device)
         opt = torch.optim.AdamW(layer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        loss_fn = nn.CrossEntropyLoss()
+        loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
         best = (float("inf"), None, 0)
         batch = 1024
         tr_t = torch.from_numpy(tr).to(device)
@@ -128,5 +172,13 @@ class Probe(Strategy):
             layer.load_state_dict(best[1])
         w = layer.weight.detach().cpu().double().numpy()
         b = layer.bias.detach().cpu().double().numpy()
-        return w, b, {"epochs": epoch + 1, "best_epoch": best[2] + 1,
-                      "valid_loss": None if best[1] is None else best[0]}
+        info: dict[str, Any] = {"epochs": epoch + 1, "best_epoch": best[2] + 1,
+                                "valid_loss": None if best[1] is None else best[0]}
+        if multilabel:
+            from ..evaluate.metrics import tune_thresholds
+
+            with torch.no_grad():
+                proba = torch.sigmoid(layer(xt[va])).cpu().numpy() if len(va) else None
+            info["thresholds"] = tune_thresholds(y[va], proba) if proba is not None \
+                else [0.5] * n_classes
+        return w, b, info

@@ -15,6 +15,7 @@ from .images import is_image_folder, read_image_folder, read_npz
 from .split import per_class_budget, stratified_split
 from .tables import TABLE_SUFFIXES, is_hf_disk_dataset, read_hf_dataset, read_table
 from .validate import (
+    canonical_multilabels,
     clean_rows,
     drop_leakage,
     drop_unseen_labels,
@@ -98,6 +99,7 @@ def load_data(
     test_size: float = 0.2,
     strict: bool = False,
     max_bad_fraction: float = 0.2,
+    label_delimiter: str | None = None,
 ) -> Dataset:
     """Read, validate and split labelled data for training and evaluation."""
     report = DataReport()
@@ -108,6 +110,10 @@ def load_data(
     test_ex = _single(test, read_source(test, text_column, label_column), "test") \
         if test is not None else train_splits.get("test")
 
+    if label_delimiter:  # multi-label: "a|b" cells become canonical label sets
+        train_ex, valid_ex, test_ex = (
+            canonical_multilabels(ex, label_delimiter) if ex is not None else None
+            for ex in (train_ex, valid_ex, test_ex))
     sizes = {ex.source: len(ex) for ex in (train_ex, valid_ex, test_ex) if ex is not None}
     train_ex = clean_rows(train_ex, report, require_labels=True)
     valid_ex = clean_rows(valid_ex, report, True) if valid_ex is not None else None
@@ -119,7 +125,7 @@ def load_data(
                 f"{train_ex.modality}; all splits must be of one kind."
             )
 
-    classes = sorted(set(train_ex.labels or []))
+    classes = sorted({x for labels in train_ex.label_sets() for x in labels})
     if len(classes) < 2:
         found = f"only '{classes[0]}'" if classes else "none"
         raise DataError(

@@ -26,9 +26,29 @@ class Examples:
     origins: list[str]
     modality: str
     source: str = ""
+    delimiter: str | None = None  # multi-label: each label is a canonical "a|b" set
 
     def __len__(self) -> int:
         return len(self.inputs)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.delimiter is not None
+
+    def label_sets(self) -> list[list[str]]:
+        """Every example's labels as a list (one element unless multi-label)."""
+        if self.labels is None:
+            return []
+        if self.delimiter is None:
+            return [[label] for label in self.labels]
+        return [[x for x in label.split(self.delimiter) if x] for label in self.labels]
+
+    def strata(self) -> list[str]:
+        """What splits and label budgets stratify on: the label, or a multi-label example's
+        first label (label *sets* are too many and too rare to stratify on)."""
+        if self.delimiter is None:
+            return list(self.labels or [])
+        return [s[0] if s else "" for s in self.label_sets()]
 
     def subset(self, indices: Any) -> Examples:
         idx = [int(i) for i in indices]
@@ -38,6 +58,7 @@ class Examples:
             origins=[self.origins[i] for i in idx],
             modality=self.modality,
             source=self.source,
+            delimiter=self.delimiter,
         )
 
     def fingerprint(self) -> str:
@@ -127,11 +148,16 @@ class Dataset:
     def modality(self) -> str:
         return self.train.modality
 
+    @property
+    def multilabel(self) -> bool:
+        return self.train.multilabel
+
     def summary(self) -> dict[str, Any]:
         def counts(ex: Examples | None) -> dict[str, int] | None:
             if ex is None or ex.labels is None:
                 return None
-            return {c: ex.labels.count(c) for c in self.classes}
+            sets = ex.label_sets()
+            return {c: sum(c in s for s in sets) for c in self.classes}
 
         return {
             "modality": self.modality,

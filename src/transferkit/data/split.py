@@ -14,7 +14,7 @@ def stratified_split(
 ) -> tuple[Examples, Examples]:
     """Hold out ``test_size`` of ``ex``, stratified by label; classes too small to split stay
     in the training part (and the report says so) rather than failing the run."""
-    labels = np.asarray(ex.labels)
+    labels = np.asarray(ex.strata())
     classes, counts = np.unique(labels, return_counts=True)
     small = set(classes[counts < 2])
     idx = np.arange(len(ex))
@@ -45,10 +45,10 @@ def per_class_budget(ex: Examples, per_class: int, seed: int, report: DataReport
     budget M > N, so learning curves compare like with like.
     """
     rng = np.random.default_rng(seed)
-    labels = np.asarray(ex.labels)
+    labels = np.asarray(ex.strata())
     keep: list[int] = []
     short: list[str] = []
-    for cls in sorted(set(ex.labels or [])):
+    for cls in sorted(set(labels.tolist())):
         members = np.flatnonzero(labels == cls)
         members = members[rng.permutation(len(members))]
         if len(members) < per_class:

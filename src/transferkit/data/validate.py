@@ -56,12 +56,27 @@ def image_problem(x: object) -> str | None:
 def drop_unseen_labels(ex: Examples, classes: list[str], report: DataReport) -> Examples:
     known = set(classes)
     keep = []
-    for i, label in enumerate(ex.labels or []):
-        if label in known:
+    for i, labels in enumerate(ex.label_sets()):
+        unseen = [x for x in labels if x not in known]
+        if not unseen:
             keep.append(i)
         else:
-            report.add("unseen_label", ex.origins[i], f"label '{label}'")
+            report.add("unseen_label", ex.origins[i], f"label '{', '.join(unseen)}'")
     return ex.subset(keep)
+
+
+def canonical_multilabels(ex: Examples, delimiter: str) -> Examples:
+    """Split ``"b|a|a"`` into a label set and store it canonically as ``"a|b"``."""
+    labels = None
+    if ex.labels is not None:
+        labels = []
+        for label in ex.labels:
+            if label is None:
+                labels.append(None)
+                continue
+            parts = sorted({p.strip() for p in str(label).split(delimiter) if p.strip()})
+            labels.append(delimiter.join(parts) if parts else None)
+    return Examples(ex.inputs, labels, ex.origins, ex.modality, ex.source, delimiter)
 
 
 def drop_leakage(train: Examples, other: Examples, report: DataReport) -> Examples:

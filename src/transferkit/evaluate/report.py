@@ -18,6 +18,8 @@ from .._io import write_json, write_text, write_with  # noqa: E402
 
 
 def confusion_png(metrics: dict[str, Any]) -> bytes:
+    if "confusion_matrix" not in metrics:  # multi-label: per-label scores instead
+        return per_label_png(metrics)
     cm = np.array(metrics["confusion_matrix"]["matrix"])
     labels = metrics["confusion_matrix"]["labels"]
     size = max(4.0, 0.55 * len(labels) + 2)
@@ -33,6 +35,24 @@ def confusion_png(metrics: dict[str, Any]) -> bytes:
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if norm[i, j] > 0.5 else "black")
     ax.set_title(f"Confusion matrix (accuracy {metrics['accuracy']:.3f})")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def per_label_png(metrics: dict[str, Any]) -> bytes:
+    names = list(metrics["per_class"])
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.5 * len(names) + 2), 4), dpi=110)
+    x = np.arange(len(names))
+    for offset, key in ((-0.27, "precision"), (0.0, "recall"), (0.27, "f1")):
+        ax.bar(x + offset, [metrics["per_class"][n][key] for n in names], width=0.27,
+               label=key)
+    ax.set_xticks(x, names, rotation=45, ha="right")
+    ax.set_ylim(0, 1)
+    ax.legend()
+    ax.set_title(f"Per-label scores (micro F1 {metrics['micro_f1']:.3f})")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

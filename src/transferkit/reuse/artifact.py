@@ -57,6 +57,9 @@ class ArtifactConfig(BaseModel):
     backbone: BackboneInfo
     strategy: dict[str, Any]
     head: HeadInfo
+    multilabel: bool = False
+    thresholds: list[float] | None = None
+    label_delimiter: str | None = None
 
 
 def save_model(model: TransferModel, directory: Path, strategy: dict[str, Any]) -> Path:
@@ -69,6 +72,8 @@ def save_model(model: TransferModel, directory: Path, strategy: dict[str, Any]) 
         modality=model.backbone.modality, labels=model.classes,
         backbone=BackboneInfo(**model.backbone.describe()), strategy=strategy,
         head=HeadInfo(in_features=head.in_features, out_features=head.out_features),
+        multilabel=model.multilabel, thresholds=model.thresholds,
+        label_delimiter=model.delimiter,
     )
     # Write the backbone to a sibling temp folder first: a crash never leaves half a model.
     tmp = Path(tempfile.mkdtemp(prefix=".backbone.", dir=directory))
@@ -138,4 +143,6 @@ def load_model(directory: str | Path) -> tuple[TransferModel, ArtifactConfig]:
         head.load_state_dict(state, strict=True)
     except RuntimeError as e:
         raise ArtifactError(f"{directory}/{HEAD_FILE} does not fit config.json ({e}).") from e
-    return TransferModel(backbone, config.labels, head).eval(), config
+    model = TransferModel(backbone, config.labels, head, multilabel=config.multilabel,
+                          thresholds=config.thresholds, delimiter=config.label_delimiter)
+    return model.eval(), config

@@ -48,7 +48,7 @@ def predict_file(
             row["label"] = ""
             row["error"] = "empty text" if examples.modality == TEXT else "unreadable image"
         else:
-            row["label"] = clf.classes[int(proba[j].argmax())]
+            row["label"] = clf.model.labels_from_proba(proba[j:j + 1])[0]
             row["error"] = ""
             for c, p in zip(clf.classes, proba[j], strict=True):
                 row[f"prob_{c}"] = float(p)

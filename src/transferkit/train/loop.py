@@ -28,7 +28,7 @@ from .cache import resolve_precision
 from .sampler import bucketed_batches
 
 SCHEDULES = ("linear", "cosine", "constant")
-METRICS = ("accuracy", "macro_f1", "loss")
+METRICS = ("accuracy", "macro_f1", "micro_f1", "loss")
 STATE_FILE = "trainer_state.json"
 BEST_FILE = "best_weights.safetensors"
 
@@ -154,7 +154,7 @@ def train(
     """Train ``model`` (a TransferModel) in place; return the history and what was chosen."""
     from safetensors.torch import load_file, save_file
 
-    from ..evaluate.metrics import compute_metrics
+    from ..evaluate.metrics import compute_metrics, compute_multilabel_metrics
 
     cfg.validate()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -192,14 +192,24 @@ def train(
         optimizer = torch.optim.AdamW(param_groups)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambdas)
 
-    weights = None
-    if cfg.class_weights == "balanced":
-        counts = np.bincount(train_labels, minlength=n_classes).astype(np.float64)
-        weights = torch.tensor(len(train_labels) / (n_classes * np.maximum(counts, 1)),
-                               dtype=torch.float32, device=accelerator.device)
-    loss_fn = nn.CrossEntropyLoss(weight=weights)
+    multilabel = train_labels.ndim == 2
+    metric = "micro_f1" if multilabel and cfg.metric == "accuracy" else cfg.metric
+    if multilabel:  # independent sigmoids; "balanced" weighs each label's positives
+        pos_weight = None
+        if cfg.class_weights == "balanced":
+            pos = train_labels.sum(0)
+            pos_weight = torch.tensor((len(train_labels) - pos) / np.maximum(pos, 1),
+                                      dtype=torch.float32, device=accelerator.device)
+        loss_fn: nn.Module = nn.BCEWithLogitsLoss(pos_weight=pos_weight)
+    else:
+        weights = None
+        if cfg.class_weights == "balanced":
+            counts = np.bincount(train_labels, minlength=n_classes).astype(np.float64)
+            weights = torch.tensor(len(train_labels) / (n_classes * np.maximum(counts, 1)),
+                                   dtype=torch.float32, device=accelerator.device)
+        loss_fn = nn.CrossEntropyLoss(weight=weights)
     mixer = None
-    if (cfg.mixup or cfg.cutmix) and backbone.modality == "image":
+    if (cfg.mixup or cfg.cutmix) and backbone.modality == "image" and not multilabel:
         from timm.data import Mixup
 
         mixer = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, num_classes=n_classes)
@@ -257,17 +267,24 @@ def train(
                 batch = {k: v.to(accelerator.device) for k, v in batch.items()}
                 logits_all.append(unwrapped(**batch).float().cpu())
         logits = torch.cat(logits_all)
-        loss = nn.functional.cross_entropy(logits, torch.from_numpy(valid_labels)).item()
-        m = compute_metrics(valid_labels, torch.softmax(logits, -1).numpy(),
-                            [str(i) for i in range(n_classes)])
-        return {"valid_loss": loss, "valid_accuracy": m["accuracy"],
-                "valid_macro_f1": m["macro_f1"]}
+        names = [str(i) for i in range(n_classes)]
+        target = torch.from_numpy(valid_labels)
+        if multilabel:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, target).item()
+            m = compute_multilabel_metrics(valid_labels, torch.sigmoid(logits).numpy(), names)
+        else:
+            loss = nn.functional.cross_entropy(logits, target).item()
+            m = compute_metrics(valid_labels, torch.softmax(logits, -1).numpy(), names)
+        out = {"valid_loss": loss, "valid_accuracy": m["accuracy"],
+               "valid_macro_f1": m["macro_f1"]}
+        out["valid_micro_f1"] = m.get("micro_f1", m["accuracy"])  # single-label: the same
+        return out
 
     def after_eval(result: dict[str, Any]) -> None:
         nonlocal best_weights
-        value = result[f"valid_{cfg.metric}"]
+        value = result[f"valid_{metric}"]
         better = state.best_metric is None or (
-            value < state.best_metric - 1e-6 if cfg.metric == "loss"
+            value < state.best_metric - 1e-6 if metric == "loss"
             else value > state.best_metric + 1e-6)
         if better:
             state.best_metric, state.best_step, state.bad_evals = value, state.global_step, 0
@@ -385,7 +402,7 @@ def train(
     return {
         "steps": state.global_step, "epochs_completed": state.epoch,
         "best_step": state.best_step, "best_valid": state.best_metric,
-        "metric": cfg.metric, "stopped_early": state.stopped_early, "precision": resolved,
+        "metric": metric, "stopped_early": state.stopped_early, "precision": resolved,
         "train_seconds": time.perf_counter() - start,
         "processes": accelerator.num_processes, "prefix_cache_seconds": prefix_seconds,
         "prefix_cached_layers": len(prefix_layers or []),

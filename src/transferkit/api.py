@@ -26,7 +26,7 @@ from .errors import ArtifactError, ConfigError
 from .evaluate.metrics import compute_metrics, compute_multilabel_metrics
 from .train.cache import FeatureCache
 
-Progress = Callable[[str, int, int], None]
+Progress = Callable[..., None]  # (stage, done, total, **extra: loss, lr, best)
 
 
 def seed_everything(seed: int) -> None:

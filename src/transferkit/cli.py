@@ -144,10 +144,15 @@ def _with_progress(job: Any) -> Any:
                   "{task.total}"), TimeRemainingColumn(), console=console, transient=True) as bar:
         tasks: dict[str, Any] = {}
 
-        def progress(stage: str, done: int, total: int) -> None:
+        def progress(stage: str, done: int, total: int, **extra: Any) -> None:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
-            bar.update(tasks[stage], completed=done)
+            description = stage
+            if extra.get("loss") is not None:  # training: loss, LR, best validation score
+                description += f" loss {extra['loss']:.4f} lr {extra['lr']:.2e}"
+                if extra.get("best") is not None:
+                    description += f" best {extra['best']:.4f}"
+            bar.update(tasks[stage], completed=done, description=description)
 
         return job(progress)
 

@@ -165,7 +165,7 @@ def _temper_head(model: TransferModel, features: np.ndarray) -> float:
 def _stage_progress(ctx: FitContext) -> Any:
     if ctx.progress is None:
         return None
-    return lambda stage, done, total: ctx.progress(stage, done, total)
+    return lambda stage, done, total, **extra: ctx.progress(stage, done, total, **extra)
 
 
 def _train_valid(data: Dataset, fraction: float, seed: int

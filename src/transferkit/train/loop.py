@@ -121,6 +121,15 @@ def _make_accelerator(precision: str, device: torch.device, cfg: TrainConfig,
     mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
     if mixed == "fp16" and device.type == "cpu":
         raise ConfigError("fp16 needs a GPU; on CPU use --precision bf16 or fp32.")
+    if cfg.log_with:
+        import importlib.util
+
+        module = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}.get(
+            cfg.log_with, cfg.log_with)
+        if importlib.util.find_spec(module) is None and not (
+                module == "tensorboard" and importlib.util.find_spec("tensorboardX")):
+            raise ConfigError(f"--log-with {cfg.log_with} needs the '{module}' package: "
+                              f"pip install {module}")
     del PartialState
     return Accelerator(
         mixed_precision=mixed, gradient_accumulation_steps=grad_accum,
@@ -358,7 +367,9 @@ def train(
             scheduler.step()
             state.global_step += 1
             if progress is not None:
-                progress(f"train epoch {state.epoch + 1}/{cfg.epochs}", b + 1, len(mine))
+                progress(f"train epoch {state.epoch + 1}/{cfg.epochs}", b + 1, len(mine),
+                         loss=loss.item(), lr=scheduler.get_last_lr()[0],
+                         best=state.best_metric)
             if state.global_step % cfg.log_every == 0:
                 log({"step": state.global_step, "epoch": state.epoch,
                      "loss": running / running_n, "lr": scheduler.get_last_lr()[0]})

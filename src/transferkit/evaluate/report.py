@@ -35,6 +35,10 @@ def confusion_png(metrics: dict[str, Any]) -> bytes:
             ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=8,
                     color="white" if norm[i, j] > 0.5 else "black")
     ax.set_title(f"Confusion matrix (accuracy {metrics['accuracy']:.3f})")
+    return _png(fig)
+
+
+def _png(fig: Any) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
@@ -53,11 +57,7 @@ def per_label_png(metrics: dict[str, Any]) -> bytes:
     ax.set_ylim(0, 1)
     ax.legend()
     ax.set_title(f"Per-label scores (micro F1 {metrics['micro_f1']:.3f})")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    return _png(fig)
 
 
 def _env() -> Environment:

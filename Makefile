@@ -4,7 +4,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test bench lint clean
+DATA   ?= ../shared/data
+
+.PHONY: setup demo test bench lint clean study-demo study-images
 
 setup: $(STAMP)
 
@@ -26,6 +28,13 @@ bench: setup
 	cd benchmarks && ../$(BIN)/python extract.py
 	cd benchmarks && ../$(BIN)/python finetune.py
 	cd benchmarks && ../$(BIN)/python finetune.py --prefix --epochs 3
+
+# The transfer study of the README: MiniLM on rotten_tomatoes, 5 budgets x 3 seeds.
+study-demo: setup
+	$(BIN)/transferkit study $(DATA)/rotten_tomatoes.train.csv \
+		--test $(DATA)/rotten_tomatoes.test.csv --backbone minilm \
+		--budgets 8,32,128,512,all --strategies scratch,classic,probe,partial --seeds 3 \
+		--out runs/study-rotten-tomatoes
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -352,3 +352,47 @@ def _info_text(info: dict[str, Any]) -> str:
         return ""
     parts = [f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items()]
     return "(" + ", ".join(parts) + ")"
+
+
+def study(
+    train: str | Path, *, test: str | Path | None = None, valid: str | Path | None = None,
+    backbone: str = "minilm", budgets: str | list[int | str] = "8,32,128,512,all",
+    strategies: str | list[str] = "scratch,classic,probe,partial,lora,full", seeds: int = 3,
+    out: str | Path = "runs/study", epochs: int = 2, text_column: str | None = None,
+    label_column: str | None = None, image_size: int | None = None, precision: str = "auto",
+    batch_size: int = 32, seed: int = 0, overwrite: bool = False,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """Measure what transfer saves on your data: every strategy at every label budget, for
+    several seeds, on one held-out test set. Finished cells are kept in ``out/cells``, so
+    running the same call again after an interruption only runs what is missing."""
+    from .evaluate.study import StudyPlan, parse_budgets, run_study
+
+    out = Path(out)
+    data = load_data(train, valid, test, text_column=text_column, label_column=label_column,
+                     seed=seed)
+    plan = StudyPlan(
+        budgets=parse_budgets(budgets) if isinstance(budgets, str) else list(budgets),
+        strategies=[s.strip() for s in strategies.split(",")] if isinstance(strategies, str)
+        else list(strategies),
+        seeds=[seed + i for i in range(seeds)], backbone=backbone, epochs=epochs,
+        batch_size=batch_size, precision=precision, image_size=image_size)
+    identity = {"data": data.train.fingerprint() + data.test.fingerprint(),
+                "backbone": backbone, "epochs": epochs, "image_size": image_size,
+                "precision": precision, "batch_size": batch_size}
+    marker = out / "study_identity.json"
+    if marker.is_file() and not overwrite:
+        import json
+
+        if json.loads(marker.read_text()) != identity:
+            raise ArtifactError(
+                f"{out} holds a study of other data or settings; its finished cells cannot be "
+                "reused. Choose another --out, or pass --overwrite to start it afresh."
+            )
+    elif out.exists() and overwrite:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    from ._io import write_json
+
+    write_json(marker, identity)
+    return run_study(data, plan, out, progress)

@@ -148,6 +148,10 @@ def _with_progress(job: Any) -> Any:
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
             description = stage
+            if extra.get("detail"):
+                description += f" {extra['detail']}"
+            if extra.get("eta") is not None:
+                description += f" (about {extra['eta'] / 60:.0f} min left)"
             if extra.get("loss") is not None:  # training: loss, LR, best validation score
                 description += f" loss {extra['loss']:.4f} lr {extra['lr']:.2e}"
                 if extra.get("best") is not None:
@@ -179,6 +183,54 @@ def _print_result(result: Any) -> None:
         out.print(table)
     out.print(f"run folder: {Path(result.out).resolve()}")
     out.print(f"report:     {Path(result.report).resolve()}")
+
+
+@app.command("study")
+def study_command(
+    train: Annotated[str, typer.Argument(help="Labelled training data (any `fit` format).")],
+    test: Annotated[str | None, Opt(help="Test data (default: a stratified 20% of TRAIN).")
+                    ] = None,
+    backbone: Annotated[str, Opt(help="Pretrained backbone.")] = "minilm",
+    budgets: Annotated[str, Opt(help="Labels per class, comma-separated; 'all' = everything.")
+                       ] = "8,32,128,512,all",
+    strategies: Annotated[str, Opt(help="Comma-separated: scratch (same architecture, random "
+                                        "weights), classic (TF-IDF / small CNN), probe, "
+                                        "partial, lora, full, ...")
+                          ] = "scratch,classic,probe,partial,lora,full",
+    seeds: Annotated[int, Opt(help="Seeds per cell.")] = 3,
+    epochs: Annotated[int, Opt(help="Epochs for strategies that train the backbone.")] = 2,
+    out_dir: Annotated[str, Opt("--out", help="Study folder (rerun to resume).")] = "runs/study",
+    text_column: Annotated[str | None, Opt(help="Text column.")] = None,
+    label_column: Annotated[str | None, Opt(help="Label column.")] = None,
+    image_size: Annotated[int | None, Opt(help="Image resolution for the backbone.")] = None,
+    batch_size: Annotated[int, Opt(help="Batch size.")] = 32,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Discard an existing study folder.")
+                         ] = False,
+) -> None:
+    """Measure how many labels, how much time and compute transfer saves over scratch."""
+    from .api import study
+
+    try:
+        summary = _with_progress(lambda progress: study(
+            train, test=test, backbone=backbone, budgets=budgets, strategies=strategies,
+            seeds=seeds, out=out_dir, epochs=epochs, text_column=text_column,
+            label_column=label_column, image_size=image_size, batch_size=batch_size,
+            overwrite=overwrite, progress=progress))
+    except KeyboardInterrupt:
+        console.print(f"interrupted: finished cells are saved in {out_dir}/cells; run the "
+                      "same command again to continue.")
+        sys.exit(130)
+    table = Table(title="test accuracy, mean over seeds")
+    table.add_column("strategy")
+    for b in summary["budgets"]:
+        table.add_column(f"{b}/class", justify="right")
+    for s, curve in summary["curves"].items():
+        table.add_row(s, *[f"{curve[str(b)]['accuracy_mean']:.3f}" if str(b) in curve else ""
+                           for b in summary["budgets"]])
+    out.print(table)
+    for line in summary["headline"]:
+        out.print(line)
+    out.print(f"report: {(Path(out_dir) / 'report.html').resolve()}")
 
 
 @app.command()

@@ -33,9 +33,28 @@ class FitContext:
     checkpoint_dir: Path | None = None  # where checkpoints go (outlives a killed run)
     resume: bool = False
     extraction: list[ExtractionStats] = field(default_factory=list)
+    # per-example features by (backbone fingerprint, precision): lets a study serve any label
+    # budget's subset from one extraction of the whole training set
+    memo: dict[tuple[str, str], dict[bytes, np.ndarray]] | None = None
 
     def features(self, model: TransferModel, examples: Examples, stage: str) -> np.ndarray:
         """Backbone features of ``examples``, through the cache when one is configured."""
+        if self.memo is not None:
+            import hashlib
+
+            from ..data.examples import _content_bytes
+
+            table = self.memo.setdefault((model.backbone.fingerprint, self.precision), {})
+            digests = [hashlib.sha1(_content_bytes(x)).digest() for x in examples.inputs]
+            if digests and all(d in table for d in digests):
+                self.extraction.append(ExtractionStats(n=len(digests), from_cache=True))
+                return np.stack([table[d] for d in digests])
+            feats = self._extract(model, examples, stage)
+            table.update(zip(digests, feats, strict=True))
+            return feats
+        return self._extract(model, examples, stage)
+
+    def _extract(self, model: TransferModel, examples: Examples, stage: str) -> np.ndarray:
         callback = None
         if self.progress is not None:
             def callback(done: int, total: int) -> None:

@@ -261,3 +261,35 @@ class BitFit(FineTuneStrategy):
                   if n.endswith("bias") or id(p) in norm_params]
         return [ParamGroup(list(model.head.parameters()), cfg.head_lr or cfg.lr, 0, "head"),
                 ParamGroup(params, cfg.lr, 0, "biases+norms")], []
+
+
+@register
+class Scratch(FineTuneStrategy):
+    """The honest baseline: the *same architecture* with random weights, trained end to end
+    with the same data, budget and epochs. What it scores is what pretraining did not give."""
+
+    name = "scratch"
+    default_lr = 3e-4
+
+    def __init__(self, **options: Any) -> None:
+        options.setdefault("init_head", "random")
+        super().__init__(**options)
+
+    def prepare_backbone(self, model: TransferModel) -> None:
+        import torch
+
+        torch.manual_seed(0)
+        inner = model.backbone.model
+        if hasattr(inner, "config") and hasattr(inner, "init_weights"):  # transformers
+            from transformers import AutoModel
+
+            # a fresh model from the config gets the architecture's own initialisation
+            fresh = AutoModel.from_config(inner.config)
+            if getattr(fresh, "pooler", None) is not None:
+                fresh.pooler = None
+            model.backbone.model = fresh
+        else:  # timm and plain torch modules
+            for module in inner.modules():
+                if hasattr(module, "reset_parameters"):
+                    module.reset_parameters()
+        model.backbone.invalidate_fingerprint()

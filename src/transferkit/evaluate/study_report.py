@@ -1,0 +1,193 @@
+"""What a study means: curves, labels-to-target, savings over scratch, and the report."""
+
+from __future__ import annotations
+
+import base64
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from .._io import write_json, write_text, write_with
+from ..data.examples import Dataset
+from .report import _env, _png
+
+TARGETS = (0.90, 0.95)
+SCRATCH_LIKE = ("scratch", "classic")
+
+
+class CellRecord(BaseModel):
+    """Schema of one cell in ``study.json`` (tests validate the file against it)."""
+
+    strategy: str
+    budget: int | str
+    seed: int
+    accuracy: float
+    macro_f1: float
+    n_train: int
+    wall_seconds: float
+    extract_seconds: float
+    train_seconds: float
+    trainable_params: int | None
+    total_params: int | None
+    train_flops: float | None
+    peak_rss_mb: float
+
+
+class StudySummary(BaseModel):
+    backbone: str
+    budgets: list[int | str]
+    strategies: list[str]
+    seeds: list[int]
+    classes: list[str]
+    n_test: int
+    x_labels_per_class: dict[str, float]
+    curves: dict[str, dict[str, dict[str, float]]]
+    best_full_score: float
+    labels_to_target: dict[str, dict[str, float | None]]
+    savings: dict[str, dict[str, dict[str, Any]]]
+    best_per_budget: dict[str, str]
+    headline: list[str]
+    cells: list[CellRecord]
+
+
+def _x(budget: int | str, data: Dataset) -> float:
+    """Labels per class on the x axis; "all" is the average class size of the training set."""
+    if budget == "all":
+        return len(data.train) / len(data.classes)
+    return float(budget)
+
+
+def labels_to_reach(xs: list[float], ys: list[float], target: float) -> float | None:
+    """Smallest labels-per-class where the mean curve reaches ``target`` (log-x interpolation);
+    None when it never does within the budgets run."""
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        if y >= target:
+            if i == 0:
+                return x
+            x0, y0 = xs[i - 1], ys[i - 1]
+            frac = (target - y0) / (y - y0) if y != y0 else 1.0
+            return float(math.exp(math.log(x0) + frac * (math.log(x) - math.log(x0))))
+    return None
+
+
+def summarise(cells: list[dict[str, Any]], plan: Any, data: Dataset) -> dict[str, Any]:
+    xs = {str(b): _x(b, data) for b in plan.budgets}
+    order = sorted(plan.budgets, key=lambda b: xs[str(b)])
+    curves: dict[str, dict[str, dict[str, float]]] = {}
+    for s in plan.strategies:
+        curves[s] = {}
+        for b in order:
+            rows = [c for c in cells if c["strategy"] == s and str(c["budget"]) == str(b)]
+            if not rows:
+                continue
+            acc = np.array([r["accuracy"] for r in rows])
+            curves[s][str(b)] = {
+                "x": xs[str(b)], "accuracy_mean": float(acc.mean()),
+                "accuracy_std": float(acc.std()),
+                "macro_f1_mean": float(np.mean([r["macro_f1"] for r in rows])),
+                "wall_seconds_mean": float(np.mean([r["wall_seconds"] for r in rows])),
+                "n": len(rows)}
+    top = str(order[-1])
+    best = max(curves[s][top]["accuracy_mean"] for s in curves if top in curves[s])
+    to_target: dict[str, dict[str, float | None]] = {}
+    for s, curve in curves.items():
+        pts = [curve[str(b)] for b in order if str(b) in curve]
+        to_target[s] = {f"{int(t * 100)}%": labels_to_reach(
+            [p["x"] for p in pts], [p["accuracy_mean"] for p in pts], t * best)
+            for t in TARGETS}
+    max_x = max(xs.values())
+    savings: dict[str, dict[str, dict[str, Any]]] = {}
+    for s in curves:
+        if s in SCRATCH_LIKE:
+            continue
+        savings[s] = {}
+        for ref in SCRATCH_LIKE:
+            if ref not in curves:
+                continue
+            for t in to_target[s]:
+                ours, theirs = to_target[s][t], to_target[ref][t]
+                if ours is None:
+                    continue
+                entry = {"ratio": (theirs if theirs is not None else max_x) / ours,
+                         "lower_bound": theirs is None}
+                savings[s][f"{t} vs {ref}"] = entry
+    best_per_budget = {str(b): max((s for s in curves if str(b) in curves[s]),
+                                   key=lambda s, b=b: curves[s][str(b)]["accuracy_mean"])
+                       for b in order}
+    headline = []
+    for s in curves:
+        if s in SCRATCH_LIKE or to_target[s]["90%"] is None:
+            continue
+        line = (f"{s}: reaches 90% of the best full-data accuracy ({best:.3f}) with "
+                f"{to_target[s]['90%']:.0f} labels per class")
+        vs = savings[s].get("90% vs scratch") or savings[s].get("90% vs classic")
+        if vs:
+            ref = "scratch" if "90% vs scratch" in savings[s] else "classic"
+            more = "more than " if vs["lower_bound"] else ""
+            line += f": {more}×{vs['ratio']:.0f} fewer labels than {ref}"
+        headline.append(line)
+    summary = {
+        "backbone": plan.backbone, "budgets": plan.budgets, "strategies": plan.strategies,
+        "seeds": plan.seeds, "classes": data.classes, "n_test": len(data.test),
+        "x_labels_per_class": xs, "curves": curves, "best_full_score": best,
+        "labels_to_target": to_target, "savings": savings, "best_per_budget": best_per_budget,
+        "headline": headline, "cells": cells,
+    }
+    StudySummary.model_validate(summary)  # what we write is what the schema promises
+    return summary
+
+
+def _curve_png(summary: dict[str, Any]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for s, curve in summary["curves"].items():
+        pts = sorted(curve.values(), key=lambda p: p["x"])
+        x = np.array([p["x"] for p in pts])
+        y = np.array([p["accuracy_mean"] for p in pts])
+        sd = np.array([p["accuracy_std"] for p in pts])
+        ax.plot(x, y, marker="o", label=s)
+        ax.fill_between(x, y - sd, y + sd, alpha=0.15)
+    ax.axhline(0.9 * summary["best_full_score"], color="grey", ls="--", lw=0.8)
+    ax.text(ax.get_xlim()[0], 0.9 * summary["best_full_score"], " 90% of best", va="bottom",
+            fontsize=8, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("labelled examples per class (log)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(f"Accuracy vs labels — {summary['backbone']}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _time_png(summary: dict[str, Any]) -> bytes:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for s, curve in summary["curves"].items():
+        pts = sorted(curve.values(), key=lambda p: p["wall_seconds_mean"])
+        ax.plot([p["wall_seconds_mean"] for p in pts], [p["accuracy_mean"] for p in pts],
+                marker="o", label=s)
+    ax.set_xscale("log")
+    ax.set_xlabel("wall time per run, s (log)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title("Accuracy vs time")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def write_study_report(out: Path, summary: dict[str, Any]) -> dict[str, Path]:
+    pngs = {"accuracy_vs_labels.png": _curve_png(summary),
+            "accuracy_vs_time.png": _time_png(summary)}
+    for name, data in pngs.items():
+        write_with(out / name, lambda p, data=data: p.write_bytes(data))
+    write_json(out / "study.json", summary)
+    env = _env()
+    context = {"s": summary, "images": {k: base64.b64encode(v).decode() for k, v in pngs.items()}}
+    write_text(out / "report.md", env.get_template("study.md.j2").render(**context))
+    write_text(out / "report.html", env.get_template("study.html.j2").render(**context))
+    return {"json": out / "study.json", "html": out / "report.html", "md": out / "report.md"}

@@ -1,0 +1,67 @@
+"""The transfer study on real data: pretrained probe vs scratch vs classic, report, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from transferkit import study
+from transferkit.evaluate.study_report import StudySummary, labels_to_reach
+
+
+@pytest.fixture(scope="module")
+def small_study(data_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "s"
+    summary = study(data_dir / "sms_spam.train.csv", test=data_dir / "sms_spam.test.csv",
+                    budgets="8,32", strategies="scratch,classic,probe", seeds=1, epochs=1,
+                    out=out)
+    return out, summary
+
+
+def test_probe_beats_both_baselines_at_the_smallest_budget(small_study):
+    _, s = small_study
+    acc = {k: v["8"]["accuracy_mean"] for k, v in s["curves"].items()}
+    assert acc["probe"] > acc["scratch"] and acc["probe"] > acc["classic"]
+    assert s["best_per_budget"]["8"] == "probe"
+    assert s["labels_to_target"]["probe"]["90%"] == 8  # reached at the first budget
+    assert s["headline"] and s["headline"][0].startswith("probe")
+
+
+def test_report_files_schema_and_embedded_plots(small_study):
+    out, _ = small_study
+    for name in ("study.json", "report.html", "report.md", "accuracy_vs_labels.png",
+                 "accuracy_vs_time.png"):
+        assert (out / name).is_file(), name
+    StudySummary.model_validate(json.loads((out / "study.json").read_text()))
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "<img" in html
+    cells = json.loads((out / "study.json").read_text())["cells"]
+    assert len(cells) == 6
+    probe = [c for c in cells if c["strategy"] == "probe"]
+    assert all(c["trainable_params"] < c["total_params"] / 100 for c in probe)
+    scratch = [c for c in cells if c["strategy"] == "scratch"]
+    assert all(c["train_flops"] > probe[0]["train_flops"] for c in scratch)
+
+
+def test_rerun_skips_finished_cells(small_study, data_dir):
+    out, _ = small_study
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()}
+    study(data_dir / "sms_spam.train.csv", test=data_dir / "sms_spam.test.csv",
+          budgets="8,32", strategies="scratch,classic,probe", seeds=1, epochs=1, out=out)
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "cells").iterdir()} == stamps
+
+
+def test_other_data_in_the_same_folder_is_refused(small_study, data_dir):
+    from transferkit.errors import ArtifactError
+
+    out, _ = small_study
+    with pytest.raises(ArtifactError, match="--overwrite"):
+        study(data_dir / "rotten_tomatoes.test.csv", budgets="8", strategies="probe",
+              seeds=1, out=out)
+
+
+def test_labels_to_reach_interpolates_on_a_log_axis():
+    assert labels_to_reach([8, 32, 128], [0.5, 0.7, 0.9], 0.8) == pytest.approx(64)
+    assert labels_to_reach([8, 32], [0.5, 0.6], 0.9) is None
+    assert labels_to_reach([8, 32], [0.95, 0.97], 0.9) == 8

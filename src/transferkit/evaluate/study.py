@@ -112,14 +112,14 @@ def run_cell(strategy: str, data: Dataset, plan: StudyPlan, pristine: Any, seed:
     model = clf.model
     total = sum(p.numel() for p in model.parameters())
     trainable = info.get("trainable_params", sum(p.numel() for p in model.head.parameters()))
-    epochs = info.get("epochs_completed", 0) or (options.get("epochs", 0) if "steps" in info
-                                                 else 0)
-    # training FLOPs: forward over the budget once to get features or initialise the head,
-    # plus ~3x forward (forward + backward) per epoch when the backbone trains
+    epochs = info.get("epochs_completed", 0) if "steps" in info else 0
+    # Estimated training FLOPs, whether or not features came from a cache (the compute is
+    # this cell's either way): one forward pass over the budget (probe features / head
+    # initialisation), then per epoch a forward pass plus a backward pass of about twice the
+    # forward cost for the share of parameters that train.
+    share = trainable / total if total else 0.0
+    flops = flops_per_example * n_train * (1 + epochs * (1 + 2 * share))
     extracted = sum(s.n for s in clf.context.extraction[:n_fit_extract] if not s.from_cache)
-    trains_backbone = "steps" in info
-    flops = flops_per_example * (extracted + (3 * n_train * max(1, epochs)
-                                              if trains_backbone else 0))
     out = {
         "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n_train": n_train,
         "wall_seconds": time.perf_counter() - start,
@@ -152,6 +152,7 @@ def run_study(data: Dataset, plan: StudyPlan, out: Path,
         else None
     flops = forward_flops_per_example(pristine, data.train.inputs[:16]) if pristine else 0.0
     memo: dict = {}
+    t_shared = time.perf_counter()
     if pristine is not None:  # the frozen backbone's features, once for the whole study
         from ..adapt import FitContext, TransferModel
         from ..api import resolve_device
@@ -163,6 +164,7 @@ def run_study(data: Dataset, plan: StudyPlan, out: Path,
         frozen = TransferModel(pristine, data.classes)
         ctx.features(frozen, data.train, "features: train (once for the study)")
         ctx.features(frozen, data.test, "features: test (once for the study)")
+    shared_seconds = time.perf_counter() - t_shared
     todo = plan.cells()
     durations: list[float] = []
     for i, (strategy, budget, seed) in enumerate(todo):
@@ -187,5 +189,6 @@ def run_study(data: Dataset, plan: StudyPlan, out: Path,
         progress("study", len(todo), len(todo))
     cells = [json.loads((cells_dir / f"{cell_name(*c)}.json").read_text()) for c in todo]
     summary = summarise(cells, plan, data)
+    summary["shared_extraction_seconds"] = shared_seconds
     write_study_report(out, summary)
     return summary

@@ -172,10 +172,12 @@ def _train_valid(data: Dataset, fraction: float, seed: int
                  ) -> tuple[Examples, Examples | None]:
     if data.valid is not None and len(data.valid):
         return data.train, data.valid
-    counts = np.unique(data.train.labels, return_counts=True)[1]
-    if fraction <= 0 or counts.min() < 4:  # too few per class to spare any
-        return data.train, None
-    return stratified_split(data.train, fraction, seed, DataReport(), what="validation")
+    counts = np.unique(data.train.strata(), return_counts=True)[1]
+    # a stratified split needs at least one example of every class on each side
+    n_valid = max(int(round(fraction * len(data.train))), len(counts))
+    if fraction <= 0 or counts.min() < 4 or n_valid > len(data.train) // 4:
+        return data.train, None  # too few examples to spare a validation split
+    return stratified_split(data.train, n_valid, seed, DataReport(), what="validation")
 
 
 @register

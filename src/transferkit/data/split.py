@@ -10,7 +10,7 @@ from .examples import DataReport, Examples
 
 
 def stratified_split(
-    ex: Examples, test_size: float, seed: int, report: DataReport, what: str = "test"
+    ex: Examples, test_size: float | int, seed: int, report: DataReport, what: str = "test"
 ) -> tuple[Examples, Examples]:
     """Hold out ``test_size`` of ``ex``, stratified by label; classes too small to split stay
     in the training part (and the report says so) rather than failing the run."""
@@ -30,7 +30,8 @@ def stratified_split(
         )
     except ValueError as e:  # too few examples for a stratified split of this size
         raise DataError(
-            f"{ex.source}: cannot hold out a stratified {test_size:.0%} {what} split from "
+            f"{ex.source}: cannot hold out a stratified "
+            f"{f'{test_size:.0%}' if test_size < 1 else f'{test_size}-example'} {what} split from "
             f"{len(ex)} examples of {len(classes)} classes ({e}). Give a separate {what} "
             "file, or add examples so that every class has several."
         ) from e

@@ -162,7 +162,14 @@ def run_study(data: Dataset, plan: StudyPlan, out: Path,
                          device=resolve_device("auto"), cache=FeatureCache(), memo=memo,
                          progress=progress)
         frozen = TransferModel(pristine, data.classes)
-        ctx.features(frozen, data.train, "features: train (once for the study)")
+        pool = data.train
+        if "all" not in plan.budgets:  # only the examples some cell will use
+            top = max(int(b) for b in plan.budgets)
+            chosen = sorted({o for seed in plan.seeds for o in per_class_budget(
+                data.train, top, seed, DataReport()).origins})
+            position = {o: i for i, o in enumerate(data.train.origins)}
+            pool = data.train.subset([position[o] for o in chosen])
+        ctx.features(frozen, pool, "features: train (once for the study)")
         ctx.features(frozen, data.test, "features: test (once for the study)")
     shared_seconds = time.perf_counter() - t_shared
     todo = plan.cells()

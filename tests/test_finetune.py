@@ -36,11 +36,11 @@ def _weights(model) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("strategy,options", [
-    ("full", {"epochs": 2, "lr": 5e-5, "lr_decay": 0.9}),
-    ("partial", {"epochs": 2, "lr": 1e-4, "train_layers": 2}),
+    ("full", {"epochs": 2, "lr": 5e-5, "lr_decay": 0.9, "restore_best": False}),
+    ("partial", {"epochs": 2, "lr": 1e-4, "train_layers": 2, "restore_best": False}),
     ("gradual", {"epochs": 3, "lr": 1e-4, "restore_best": False}),
-    ("bitfit", {"epochs": 2}),
-    ("lora", {"epochs": 2}),
+    ("bitfit", {"epochs": 2, "restore_best": False}),
+    ("lora", {"epochs": 2, "restore_best": False}),
 ])
 def test_strategy_trains_and_beats_the_scratch_floor(strategy, options, rt_small, floors):
     from transferkit.backbones import load_backbone
@@ -121,3 +121,19 @@ def test_early_stopping_restores_the_best_weights(tiny_bert_dir):
     info = clf.fit_info
     assert info["stopped_early"] and info["steps"] < 20 * 18
     assert info["best_step"] < info["steps"]
+
+
+def test_restoring_the_best_never_ends_below_the_probe_start(tiny_bert_dir):
+    """The starting point (a probe-initialised head) is evaluated too, so a fine-tuning run
+    that only makes things worse restores it."""
+    rng = np.random.default_rng(1)
+    words = ["alpha", "beta", "gamma", "delta"]
+    texts = [" ".join(rng.choice(words, 5)) + (" good" if i % 2 else " bad") for i in range(120)]
+    labels = ["pos" if i % 2 else "neg" for i in range(120)]
+    ex = Examples(texts, labels, [f"r{i}" for i in range(120)], "text")
+    data = Dataset(train=ex, test=ex, classes=["neg", "pos"])
+    clf = Classifier(str(tiny_bert_dir), "full", cache=False, batch_size=8, strategy_options={
+        "epochs": 2, "lr": 0.5, "patience": None}).fit(data)  # an LR that wrecks the model
+    info = clf.fit_info
+    assert info["best_step"] == 0  # the start was best, and it was restored
+    assert clf.evaluate(data)["accuracy"] > 0.9

@@ -43,8 +43,10 @@ class VisionBackbone(Backbone):
         self.transform = timm.data.create_transform(**self.data_config, is_training=False)
         # timm's own training pipeline (random resized crop, flip, colour jitter) for the
         # model's resolution and normalisation; used only when fine-tuning asks to augment.
+        # Crops keep at least half the image: timm's default (8%) suits training from
+        # scratch on ImageNet, not fine-tuning on a few small images.
         self.train_transform = timm.data.create_transform(
-            input_size=self.data_config["input_size"], is_training=True,
+            input_size=self.data_config["input_size"], is_training=True, scale=(0.5, 1.0),
             mean=self.data_config["mean"], std=self.data_config["std"],
             interpolation=self.data_config["interpolation"])
         self.feature_dim = int(model.num_features)

@@ -322,6 +322,10 @@ def train(
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
+    if valid_prepared and state.global_step == 0 and not state.history:
+        # score the starting point too: with a probe-initialised head it is a real candidate,
+        # and restoring the best weights then never ends below where fine-tuning began
+        after_eval(evaluate())
     start = time.perf_counter()
     epoch_seconds: list[float] = []
     epoch_start = time.perf_counter()

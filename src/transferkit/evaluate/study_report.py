@@ -122,7 +122,9 @@ def summarise(cells: list[dict[str, Any]], plan: Any, data: Dataset) -> dict[str
     for s in curves:
         if s in SCRATCH_LIKE or to_target[s]["90%"] is None:
             continue
-        line = (f"{s}: reaches 90% of the best full-data accuracy ({best:.3f}) with "
+        reference = "the best full-data accuracy" if top == "all" else \
+            f"the best accuracy at {top} labels per class"
+        line = (f"{s}: reaches 90% of {reference} ({best:.3f}) with "
                 f"{to_target[s]['90%']:.0f} labels per class")
         vs = savings[s].get("90% vs scratch") or savings[s].get("90% vs classic")
         if vs:

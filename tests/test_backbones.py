@@ -26,9 +26,9 @@ def test_minilm_alias_resolves_to_bundled_package_offline(minilm):
 def test_minilm_features_equal_sentence_transformers_in_fp32(minilm):
     from sentence_transformers import SentenceTransformer
 
-    from transferkit.backbones.registry import _bundled_path
+    from transferkit.backbones.registry import bundled_path
 
-    peer = SentenceTransformer(str(_bundled_path(ALIASES["minilm"])), device="cpu")
+    peer = SentenceTransformer(str(bundled_path(ALIASES["minilm"])), device="cpu")
     expected = peer.encode(TEXTS, batch_size=2, convert_to_numpy=True)
     ours, stats = extract_features(minilm, TEXTS, batch_size=2, precision="fp32",
                                    device=torch.device("cpu"))

@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-from .errors import ArtifactError
 
 
 @contextmanager
@@ -56,19 +53,3 @@ def write_with(path: str | os.PathLike[str], writer: Callable[[Path], None]) -> 
     """Call ``writer(tmp_path)`` and move the result over ``path`` atomically."""
     with atomic_path(path) as tmp:
         writer(tmp)
-
-
-def prepare_output_dir(path: str | os.PathLike[str], overwrite: bool) -> Path:
-    """Refuse to clobber a non-empty directory unless ``overwrite`` is given."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise ArtifactError(f"Output path {path} exists and is a file. Choose another --out.")
-    if path.is_dir() and any(path.iterdir()):
-        if not overwrite:
-            raise ArtifactError(
-                f"Output folder {path} already exists and is not empty. Choose another --out, "
-                "or pass --overwrite to replace it."
-            )
-        shutil.rmtree(path)
-    path.mkdir(parents=True, exist_ok=True)
-    return path

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._io import write_text
+from ._io import write_json, write_text
 from .adapt import FitContext, TransferModel, get_strategy, label_indices
 from .backbones import Backbone, load_backbone
 from .config import FitConfig, dump_yaml
-from .data import Dataset, Examples, issue_summary, load_data, read_source
+from .data import Dataset, Examples, issue_summary, load_data, pick_split, read_source
 from .errors import ArtifactError, ConfigError
 from .evaluate.metrics import compute_metrics, compute_multilabel_metrics
 from .train.cache import FeatureCache
@@ -152,21 +152,16 @@ class Classifier:
     @classmethod
     def load(cls, directory: str | Path, *, batch_size: int = 32, precision: str = "auto",
              device: str | None = "auto", cache: bool = False) -> Classifier:
+        from .adapt import STRATEGIES
         from .reuse.artifact import load_model
 
         model, config = load_model(directory)
-        clf = cls(model.backbone, strategy=config.strategy.get("name", "probe")
-                  if config.strategy.get("name") in _strategy_names() else "probe",
+        name = config.strategy.get("name")
+        clf = cls(model.backbone, strategy=name if name in STRATEGIES else "probe",
                   batch_size=batch_size, precision=precision, device=device, cache=cache)
         clf.model = model
         clf.fit_info = config.strategy.get("fit_info", {})
         return clf
-
-
-def _strategy_names() -> set[str]:
-    from .adapt import STRATEGIES
-
-    return set(STRATEGIES)
 
 
 def evaluation_examples(source: str | Path, classes: list[str], *,
@@ -176,8 +171,7 @@ def evaluation_examples(source: str | Path, classes: list[str], *,
     from .data import DataReport
     from .data.validate import canonical_multilabels, clean_rows, drop_unseen_labels
 
-    splits = read_source(source, text_column, label_column)
-    examples = splits.get("test") or splits.get("all") or next(iter(splits.values()))
+    examples = pick_split(source, read_source(source, text_column, label_column), "test")
     if delimiter:
         examples = canonical_multilabels(examples, delimiter)
     report = DataReport()
@@ -247,9 +241,7 @@ class RunResult:
 def fit_run(config: FitConfig, progress: Progress | None = None,
             data: Dataset | None = None) -> RunResult:
     """Everything ``transferkit fit`` does: data -> fit -> evaluate -> artifact + report."""
-    from jinja2 import Environment, PackageLoader
-
-    from .evaluate.report import write_run_report
+    from .evaluate.report import _env, write_run_report
     from .reuse.artifact import save_model
 
     start = time.perf_counter()
@@ -299,11 +291,8 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
                    "backbone": model.backbone.describe(), "comparison": comparison,
                    "labels": model.classes}
         write_run_report(stage, context)
-        card = Environment(loader=PackageLoader("transferkit", "templates"))
-        write_text(stage / "README.md", card.get_template("model_card.md.j2").render(**context))
+        write_text(stage / "README.md", _env().get_template("model_card.md.j2").render(**context))
         write_text(stage / "run.yaml", dump_yaml(config))
-        from ._io import write_json
-
         write_json(stage / "run.json", {"run": run, "data": data.summary(),
                                         "timings": clf.timings, "fit_info": clf.fit_info,
                                         "comparison": comparison})
@@ -392,7 +381,5 @@ def study(
     elif out.exists() and overwrite:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
-    from ._io import write_json
-
     write_json(marker, identity)
     return run_study(data, plan, out, progress)

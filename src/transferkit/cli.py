@@ -165,7 +165,9 @@ def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("accuracy", "macro_f1", "weighted_f1", "macro_precision", "macro_recall"):
+    from .evaluate.metrics import HEADLINE
+
+    for key in HEADLINE:
         table.add_row(key, f"{metrics[key]:.4f}")
     table.add_row("test examples", str(metrics["n"]))
     return table

@@ -109,7 +109,7 @@ class FineTuneStrategy(Strategy):
             len(model.classes), self.train_config, seed=ctx.seed, batch_size=ctx.batch_size,
             precision=ctx.precision, device=ctx.device, frozen_modules=frozen,
             run_dir=ctx.run_dir, checkpoint_dir=ctx.checkpoint_dir, resume=ctx.resume,
-            progress=_stage_progress(ctx), prefix_layers=self.cacheable_prefix(model, frozen),
+            progress=ctx.progress, prefix_layers=self.cacheable_prefix(model, frozen),
             feature_cache=ctx.cache,
         )
         self.finish_backbone(model)
@@ -160,12 +160,6 @@ def _temper_head(model: TransferModel, features: np.ndarray) -> float:
         model.head.weight.mul_(scale)
         model.head.bias.mul_(scale)
     return scale
-
-
-def _stage_progress(ctx: FitContext) -> Any:
-    if ctx.progress is None:
-        return None
-    return lambda stage, done, total, **extra: ctx.progress(stage, done, total, **extra)
 
 
 def _train_valid(data: Dataset, fraction: float, seed: int

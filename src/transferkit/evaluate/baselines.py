@@ -11,15 +11,11 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from ..adapt.base import label_indices
 from ..adapt.probe import make_logreg_cv
 from ..backbones.vision import to_pil
 from ..data.examples import TEXT, Dataset, Examples
 from .metrics import compute_metrics
-
-
-def _labels(ex: Examples, classes: list[str]) -> np.ndarray:
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[label] for label in ex.labels or []])
 
 
 def _pixels(ex: Examples, size: int = 32) -> np.ndarray:
@@ -37,8 +33,10 @@ def classic_baseline(data: Dataset, seed: int = 0, cnn: bool = False) -> dict[st
     regression, or (``cnn=True``) a small CNN trained from random weights. Regularisation is
     cross-validated like the probe's, so neither side is handicapped.
     """
+    if data.modality != TEXT and cnn:
+        return small_cnn_baseline(data, seed)
     start = time.perf_counter()
-    y = _labels(data.train, data.classes)
+    y = label_indices(data.train, data.classes)
     folds = max(2, min(5, int(np.bincount(y).min())))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     clf = make_logreg_cv(np.logspace(-4, 2, 7), cv, 3000, seed)
@@ -47,15 +45,13 @@ def classic_baseline(data: Dataset, seed: int = 0, cnn: bool = False) -> dict[st
         model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
                               clf)
         x_train, x_test = data.train.inputs, data.test.inputs
-    elif cnn:
-        return small_cnn_baseline(data, seed)
     else:
         name = "raw pixels + logistic regression"
         model = make_pipeline(StandardScaler(), clf)
         x_train, x_test = _pixels(data.train), _pixels(data.test)
     model.fit(x_train, y)
     proba = model.predict_proba(x_test)
-    metrics = compute_metrics(_labels(data.test, data.classes), proba, data.classes)
+    metrics = compute_metrics(label_indices(data.test, data.classes), proba, data.classes)
     return {"name": name, "metrics": metrics, "seconds": time.perf_counter() - start,
             "n_train": len(data.train)}
 
@@ -76,7 +72,7 @@ def small_cnn_baseline(data: Dataset, seed: int = 0, epochs: int = 10, size: int
         return torch.from_numpy(arr).unsqueeze(1)
 
     x_train, x_test = tensor(data.train), tensor(data.test)
-    y = torch.from_numpy(_labels(data.train, data.classes)).long()
+    y = torch.from_numpy(label_indices(data.train, data.classes)).long()
     net = nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
@@ -92,6 +88,6 @@ def small_cnn_baseline(data: Dataset, seed: int = 0, epochs: int = 10, size: int
     net.eval()
     with torch.inference_mode():
         proba = torch.cat([torch.softmax(net(b), -1) for b in x_test.split(512)]).numpy()
-    metrics = compute_metrics(_labels(data.test, data.classes), proba, data.classes)
+    metrics = compute_metrics(label_indices(data.test, data.classes), proba, data.classes)
     return {"name": "small CNN from scratch", "metrics": metrics,
             "seconds": time.perf_counter() - start, "n_train": len(data.train)}

@@ -97,10 +97,10 @@ def run_cell(strategy: str, data: Dataset, plan: StudyPlan, pristine: Any, seed:
                 "train_seconds": result["seconds"], "trainable_params": None,
                 "total_params": None, "train_flops": None, "model": result["name"],
                 "peak_rss_mb": _peak_rss_mb()}
-    options = {"epochs": plan.epochs, **plan.strategy_options.get(strategy, {})}
-    if strategy == "probe":
-        options = dict(plan.strategy_options.get(strategy, {}))
-    backbone = copy.deepcopy(pristine) if strategy != "probe" else pristine
+    trains_backbone = strategy != "probe"
+    options = {**({"epochs": plan.epochs} if trains_backbone else {}),
+               **plan.strategy_options.get(strategy, {})}
+    backbone = copy.deepcopy(pristine) if trains_backbone else pristine
     clf = Classifier(backbone, strategy, strategy_options=options, seed=seed,
                      batch_size=plan.batch_size, precision=plan.precision)
     clf.context.cache = FeatureCache()
@@ -136,12 +136,11 @@ def run_cell(strategy: str, data: Dataset, plan: StudyPlan, pristine: Any, seed:
 def run_study(data: Dataset, plan: StudyPlan, out: Path,
               progress: Callable[..., None] | None = None) -> dict[str, Any]:
     """Run every missing cell, then derive the figures and write the report."""
+    from ..adapt import STRATEGIES
     from ..backbones import load_backbone
     from .study_report import summarise, write_study_report
 
     for s in plan.strategies:
-        from ..adapt import STRATEGIES
-
         if s not in STRATEGIES and s not in BASELINES:
             raise ConfigError(f"Unknown study strategy '{s}'. Use any of: "
                               f"{', '.join(sorted([*STRATEGIES, *BASELINES]))}.")

@@ -22,7 +22,7 @@ from torch import nn
 
 from .. import __version__
 from ..adapt.model import TransferModel
-from ..backbones.registry import _load_dir
+from ..backbones.registry import load_from_folder
 from ..errors import ArtifactError, BackboneNotFoundError
 
 FORMAT = "transferkit-artifact"
@@ -124,7 +124,7 @@ def load_model(directory: str | Path) -> tuple[TransferModel, ArtifactConfig]:
     directory = Path(directory)
     config = read_config(directory)
     try:
-        backbone = _load_dir(directory / BACKBONE_DIR, config.backbone.source,
+        backbone = load_from_folder(directory / BACKBONE_DIR, config.backbone.source,
                              f"artifact {directory}", {}, None)
     except (BackboneNotFoundError, OSError, SafetensorError, RuntimeError) as e:
         raise ArtifactError(f"{directory}/{BACKBONE_DIR}: cannot load the backbone ({e}).") from e

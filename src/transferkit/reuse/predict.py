@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from .._io import write_with
-from ..data import DataReport, read_source
+from ..data import DataReport, pick_split, read_source
 from ..data.examples import TEXT
 from ..data.validate import clean_rows
 from ..errors import ArtifactError
@@ -29,12 +29,12 @@ def predict_file(
         raise ArtifactError(
             f"{output} already exists. Choose another --output or pass --overwrite."
         )
-    splits = read_source(source, text_column=text_column, require_labels=False)
-    examples = next(iter(splits.values())) if len(splits) == 1 else splits.get(
-        "test", next(iter(splits.values())))
+    examples = pick_split(source, read_source(source, text_column=text_column,
+                                              require_labels=False), "test")
     usable = clean_rows(examples, DataReport(), require_labels=False)
     good = {o: i for i, o in enumerate(usable.origins)}
     proba = clf.predict_proba(usable) if len(usable) else np.zeros((0, len(clf.classes)))
+    labels = clf.model.labels_from_proba(proba)
     rows = []
     for i, origin in enumerate(examples.origins):
         x = examples.inputs[i]
@@ -48,7 +48,7 @@ def predict_file(
             row["label"] = ""
             row["error"] = "empty text" if examples.modality == TEXT else "unreadable image"
         else:
-            row["label"] = clf.model.labels_from_proba(proba[j:j + 1])[0]
+            row["label"] = labels[j]
             row["error"] = ""
             for c, p in zip(clf.classes, proba[j], strict=True):
                 row[f"prob_{c}"] = float(p)

@@ -112,7 +112,7 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 def _make_accelerator(precision: str, device: torch.device, cfg: TrainConfig,
                       run_dir: Path | None, grad_accum: int):
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.state import AcceleratorState
 
     if not torch.distributed.is_initialized():
         # Accelerate keeps process-wide state; a fresh one per run lets one process train
@@ -130,7 +130,6 @@ def _make_accelerator(precision: str, device: torch.device, cfg: TrainConfig,
                 module == "tensorboard" and importlib.util.find_spec("tensorboardX")):
             raise ConfigError(f"--log-with {cfg.log_with} needs the '{module}' package: "
                               f"pip install {module}")
-    del PartialState
     return Accelerator(
         mixed_precision=mixed, gradient_accumulation_steps=grad_accum,
         cpu=device.type == "cpu", log_with=cfg.log_with,

@@ -38,11 +38,12 @@ def _like(output_template: Any, hidden: torch.Tensor) -> Any:
 class PrefixCache:
     """Replays the output of ``layers[:depth]`` (the frozen repeated layers of a text model)."""
 
-    def __init__(self, layers: list[nn.Module], per_example: list[torch.Tensor]) -> None:
+    def __init__(self, layers: list[nn.Module], per_example: list[torch.Tensor],
+                 template: Any) -> None:
         self.layers = layers
         self.per_example = per_example
+        self.template = template  # a frozen layer's output structure (tensor or tuple)
         self.batch: list[int] | None = None
-        self.template: Any = None
         self._originals = [layer.forward for layer in layers]
         for i, layer in enumerate(layers):
             layer.forward = self._make_forward(i)  # instance attribute: wrapping-proof
@@ -79,11 +80,30 @@ class PrefixCache:
             layer.forward = original
 
 
+def _output_of(backbone: Any, layer: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
+    """``layer``'s output for ``batch``; the forward pass stops there (upper layers skipped)."""
+    captured: dict[str, Any] = {}
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        captured["out"] = output
+        raise _Stop
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        backbone.model(**batch)
+    except _Stop:
+        pass
+    finally:
+        handle.remove()
+    return captured["out"]
+
+
 def build_prefix_cache(
     backbone: Any, layers: list[nn.Module], prepared: list[Any], *, batch_size: int,
     device: torch.device, autocast: Any, cache: FeatureCache | None, key_parts: list[str],
 ) -> PrefixCache:
     """Run the backbone up to the last frozen layer once, keep each example's hidden states."""
+    lengths = [len(p["input_ids"]) for p in prepared]
     key = None
     if cache is not None:
         h = hashlib.sha256("|".join(key_parts).encode())
@@ -91,22 +111,14 @@ def build_prefix_cache(
             h.update(np.asarray(p["input_ids"], dtype=np.int64).tobytes() + b"|")
         key = "prefix-" + h.hexdigest()[:36]
         hit = cache.load(key)
-        lengths = [len(p["input_ids"]) for p in prepared]
         if hit is not None and hit.shape[0] == sum(lengths):
-            per_example = list(torch.from_numpy(hit).split(lengths))
-            cache_obj = PrefixCache(layers, per_example)
-            cache_obj.template = _probe_template(backbone, layers, prepared, device)
-            return cache_obj
+            with torch.inference_mode():
+                one = {k: v.to(device) for k, v in backbone.collate(prepared[:1]).items()}
+                template = _output_of(backbone, layers[-1], one)
+            return PrefixCache(layers, list(torch.from_numpy(hit).split(lengths)), template)
 
-    captured: dict[str, Any] = {}
-
-    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        captured["out"] = output
-        raise _Stop
-
-    handle = layers[-1].register_forward_hook(hook)
-    per_example: list[torch.Tensor | None] = [None] * len(prepared)
-    order = np.argsort([-len(p["input_ids"]) for p in prepared], kind="stable")
+    per_example: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
+    order = np.argsort([-n for n in lengths], kind="stable")
     was_training = backbone.training
     backbone.eval()
     try:
@@ -114,42 +126,13 @@ def build_prefix_cache(
             for s in range(0, len(order), batch_size):
                 idx = order[s:s + batch_size]
                 batch = backbone.collate([prepared[i] for i in idx])
-                batch = {k: v.to(device) for k, v in batch.items()}
-                try:
-                    backbone.model(**batch)
-                except _Stop:
-                    pass
-                hidden = _hidden(captured["out"]).float().cpu()
+                template = _output_of(backbone, layers[-1],
+                                      {k: v.to(device) for k, v in batch.items()})
+                hidden = _hidden(template).float().cpu()
                 for r, i in enumerate(idx):
-                    per_example[i] = hidden[r, : len(prepared[i]["input_ids"])].clone()
+                    per_example[i] = hidden[r, : lengths[i]].clone()
     finally:
-        handle.remove()
         backbone.train(was_training)
-    template = captured["out"]
     if cache is not None and key is not None:
-        cache.save(key, torch.cat(per_example).numpy())  # type: ignore[arg-type]
-    result = PrefixCache(layers, per_example)  # type: ignore[arg-type]
-    result.template = template
-    return result
-
-
-def _probe_template(backbone: Any, layers: list[nn.Module], prepared: list[Any],
-                    device: torch.device) -> Any:
-    """The output structure (tensor or tuple) of a frozen layer, from one tiny forward pass."""
-    captured: dict[str, Any] = {}
-
-    def hook(_m: nn.Module, _i: Any, output: Any) -> None:
-        captured["out"] = output
-        raise _Stop
-
-    handle = layers[-1].register_forward_hook(hook)
-    try:
-        with torch.inference_mode():
-            batch = {k: v.to(device) for k, v in backbone.collate(prepared[:1]).items()}
-            try:
-                backbone.model(**batch)
-            except _Stop:
-                pass
-    finally:
-        handle.remove()
-    return captured["out"]
+        cache.save(key, torch.cat(per_example).numpy())
+    return PrefixCache(layers, per_example, template)

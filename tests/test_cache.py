@@ -54,3 +54,18 @@ def test_damaged_cache_entry_is_a_miss(tmp_path, tiny_bert_dir):
     again, stats = extract_features(backbone, texts, cache=cache, precision="fp32")
     assert not stats.from_cache
     np.testing.assert_allclose(again, feats, atol=1e-6)
+
+
+def test_fp16_is_accepted_but_needs_a_gpu(tiny_bert_dir):
+    import pytest
+    import torch
+
+    from transferkit.errors import ConfigError
+    from transferkit.train.cache import resolve_precision
+
+    assert resolve_precision("fp16", torch.device("cuda")) == "fp16"
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        resolve_precision("fp16", torch.device("cpu"))
+    backbone = load_backbone(str(tiny_bert_dir))
+    with pytest.raises(ConfigError, match="fp16 needs a GPU"):
+        extract_features(backbone, ["a"], precision="fp16", device=torch.device("cpu"))

@@ -52,7 +52,8 @@ def fit(
                     ] = None,
     batch_size: Annotated[int | None, Opt(help="Batch size for the backbone. [32]")] = None,
     precision: Annotated[str | None, Opt(
-        help="auto (bf16 where the hardware runs it fast), bf16 or fp32. [auto]")] = None,
+        help="auto (bf16 where the hardware runs it fast), bf16, fp16 (GPU) or fp32. [auto]")
+    ] = None,
     pooling: Annotated[str | None, Opt(help="Text pooling: mean, cls, max, last.")] = None,
     max_length: Annotated[int | None, Opt(help="Truncate texts to this many tokens.")] = None,
     image_size: Annotated[int | None, Opt(help="Resize images to this size for the backbone.")

@@ -38,7 +38,7 @@ class FitConfig(BaseModel):
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     batch_size: int = Field(default=32, ge=1)
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     device: str = "auto"
     cache: bool = True
     compare_baseline: bool = False

@@ -22,7 +22,7 @@ from .._io import atomic_path
 from ..backbones.base import Backbone
 from ..errors import ConfigError
 
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def cache_root() -> Path:
@@ -41,11 +41,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         raise ConfigError(
             f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}."
         )
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("fp16 needs a GPU; on CPU use --precision bf16 or fp32.")
     if precision != "auto":
         return precision
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
+
+
+def autocast_for(precision: str, device: torch.device) -> Any:
+    """The autocast context of a resolved precision (none for fp32)."""
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        return nullcontext()
+    return torch.autocast(device.type, dtype=dtypes[precision])
 
 
 def default_device() -> torch.device:
@@ -128,8 +138,7 @@ def extract_features(
     out = np.empty((len(inputs), backbone.feature_dim), dtype=np.float32)
     was_training = backbone.training
     backbone.eval().to(device)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if resolved == "bf16" \
-        else nullcontext()
+    autocast = autocast_for(resolved, device)
     try:
         with torch.inference_mode(), autocast:
             for s in range(0, len(order), batch_size):

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .cache import resolve_precision
+from .cache import autocast_for, resolve_precision
 from .sampler import bucketed_batches
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -119,8 +119,6 @@ def _make_accelerator(precision: str, device: torch.device, cfg: TrainConfig,
         # several models with different settings (tests, studies).
         AcceleratorState._reset_state(reset_partial_state=True)
     mixed = {"bf16": "bf16", "fp16": "fp16", "fp32": "no"}[precision]
-    if mixed == "fp16" and device.type == "cpu":
-        raise ConfigError("fp16 needs a GPU; on CPU use --precision bf16 or fp32.")
     if cfg.log_with:
         import importlib.util
 
@@ -166,7 +164,7 @@ def train(
 
     cfg.validate()
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    resolved = precision if precision == "fp16" else resolve_precision(precision, device)
+    resolved = resolve_precision(precision, device)
     accelerator = _make_accelerator(resolved, device, cfg, run_dir, cfg.grad_accum)
     backbone = model.backbone
     frozen_modules = frozen_modules or []
@@ -225,13 +223,10 @@ def train(
     prefix = None
     prefix_seconds = 0.0
     if prefix_layers:
-        from contextlib import nullcontext
-
         from .prefix import build_prefix_cache
 
         t0 = time.perf_counter()
-        autocast = torch.autocast(accelerator.device.type, dtype=torch.bfloat16) \
-            if resolved == "bf16" else nullcontext()
+        autocast = autocast_for(resolved, accelerator.device)
         backbone.to(accelerator.device)
         prefix = build_prefix_cache(
             backbone, prefix_layers, prepared, batch_size=batch_size, device=accelerator.device,

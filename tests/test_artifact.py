@@ -88,3 +88,70 @@ def test_changed_weights_fail_the_fingerprint_check(saved, tmp_path):
     save_file(state, str(weights))
     with pytest.raises(ArtifactError, match="fingerprint"):
         Classifier.load(target)
+
+
+def _with_shipped_code(folder, marker):
+    """Make ``folder`` look like a model with its own code (auto_map -> evil.py) that would
+    leave ``marker`` behind if it were ever imported."""
+    cfg = json.loads((folder / "config.json").read_text())
+    cfg["auto_map"] = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    (folder / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+
+
+def test_models_shipping_code_are_refused_and_never_run(tiny_bert_dir, saved, tmp_path):
+    from transferkit.backbones import load_backbone
+    from transferkit.errors import TransferkitError
+
+    marker = tmp_path / "code-ran"
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_bert_dir, folder)
+    _with_shipped_code(folder, marker)
+    with pytest.raises(TransferkitError, match="--trust-remote-code"):
+        load_backbone(str(folder))
+    ex = Examples(["good", "bad"] * 4, ["pos", "neg"] * 4, [str(i) for i in range(8)], "text",
+                  "mem")
+    with pytest.raises(TransferkitError, match="auto_map in config.json, evil.py"):
+        Classifier(str(folder), cache=False).fit(Dataset(train=ex, test=ex,
+                                                         classes=["neg", "pos"]))
+    run = copy(saved[1], tmp_path / "run")
+    _with_shipped_code(run / "backbone", marker)
+    with pytest.raises(TransferkitError, match="trust_remote_code=True"):
+        Classifier.load(run)
+    assert not marker.exists()
+
+
+def test_missing_backbone_config(saved, tmp_path):
+    target = copy(saved[1], tmp_path)
+    (target / "backbone" / "config.json").unlink()
+    with pytest.raises(ArtifactError, match="cannot load the backbone"):
+        Classifier.load(target)
+
+
+def test_texts_longer_than_the_position_table_are_truncated(saved):
+    clf, path, _ = saved  # the tiny BERT has 128 positions, its tokenizer allows 512
+    assert clf.model.backbone.max_length == 128
+    assert Classifier.load(path).predict(["word " * 600]) in (["neg"], ["pos"])
+
+
+def test_saved_files_get_ordinary_permissions(saved):
+    import os
+    import stat
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    path = saved[1]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((path / "backbone").stat().st_mode) == 0o777 & ~mask
+    for name in ("config.json", "head.safetensors", "backbone/model.safetensors"):
+        assert stat.S_IMODE((path / name).stat().st_mode) == 0o666 & ~mask, name
+
+
+def test_schema_and_onnx_engine_import_without_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, transferkit, transferkit.reuse.engines, transferkit.reuse.onnx_runtime,"
+            " transferkit.reuse.predict; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

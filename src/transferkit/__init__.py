@@ -4,7 +4,22 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from .api import Classifier, fit_run, study  # noqa: E402
-from .data import load_data  # noqa: E402
+# Imported on first use (PEP 562): `import transferkit` stays cheap, and torch-free paths
+# (the ONNX engine, the server with --engine onnx) never pull torch in through this module.
+_LAZY = {"Classifier": "api", "fit_run": "api", "study": "api", "load_data": "data"}
 
 __all__ = ["Classifier", "__version__", "fit_run", "load_data", "study"]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'transferkit' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

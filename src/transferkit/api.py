@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._io import write_json, write_text
+from ._io import make_temp_dir, write_json, write_text
 from .adapt import FitContext, TransferModel, get_strategy, label_indices
 from .backbones import Backbone, load_backbone
 from .config import FitConfig, dump_yaml
@@ -57,11 +57,13 @@ class Classifier:
         strategy_options: dict[str, Any] | None = None, pooling: str | None = None,
         max_length: int | None = None, image_size: int | None = None, seed: int = 0,
         batch_size: int = 32, precision: str = "auto", device: str | None = "auto",
-        cache: bool = True,
+        cache: bool = True, trust_remote_code: bool = False,
     ) -> None:
         self.backbone_spec = backbone
+        # trust_remote_code: run code shipped with a hub/folder model (refused otherwise)
         self.backbone_options = {"pooling": pooling, "max_length": max_length,
-                                 "image_size": image_size}
+                                 "image_size": image_size,
+                                 "trust_remote_code": trust_remote_code}
         self.strategy = get_strategy(strategy, strategy_options)
         self.context = FitContext(seed=seed, batch_size=batch_size, precision=precision,
                                   device=resolve_device(device),
@@ -151,17 +153,76 @@ class Classifier:
 
     @classmethod
     def load(cls, directory: str | Path, *, batch_size: int = 32, precision: str = "auto",
-             device: str | None = "auto", cache: bool = False) -> Classifier:
+             device: str | None = "auto", cache: bool = False,
+             trust_remote_code: bool = False) -> Classifier:
         from .adapt import STRATEGIES
         from .reuse.artifact import load_model
 
-        model, config = load_model(directory)
+        model, config = load_model(directory, trust_remote_code=trust_remote_code)
         name = config.strategy.get("name")
         clf = cls(model.backbone, strategy=name if name in STRATEGIES else "probe",
                   batch_size=batch_size, precision=precision, device=device, cache=cache)
         clf.model = model
         clf.fit_info = config.strategy.get("fit_info", {})
         return clf
+
+    def with_support(self, support: str | Path | Examples, *, text_column: str | None = None,
+                     label_column: str | None = None, keep_classes: bool = False
+                     ) -> Classifier:
+        """A classifier for the classes of ``support`` (a file, folder or Examples of labelled
+        examples), by distance to their prototypes: new classes need no training.
+
+        By default the support's classes replace the model's (the few-shot setting: K
+        examples of each new class). ``keep_classes=True`` on a protonet artifact keeps the
+        classes it already knows as well (a class named in the support gets its prototype
+        from there); expect new classes close to known ones to be confused with them. Works
+        on any model's backbone; returns a new Classifier sharing the backbone."""
+        import copy
+
+        from .adapt.protonet import DEFAULT_SCALE, prototype_head
+        from .data.validate import clean_rows
+
+        model = self._require_model()
+        if model.multilabel:
+            raise ConfigError("--support needs a single-label model; this one is multi-label.")
+        if not isinstance(support, Examples):
+            from .data import DataReport
+
+            support = clean_rows(pick_split(support, read_source(
+                support, text_column, label_column), "train"), DataReport(), True)
+        if not len(support) or support.labels is None:
+            raise ConfigError("The support set holds no labelled examples: give a CSV with "
+                              "text and label columns, or a folder of <class>/ images.")
+        if support.modality != model.backbone.modality:
+            raise ConfigError(f"The support examples are {support.modality} but the model "
+                              f"reads {model.backbone.modality}.")
+        classes = sorted(set(support.labels))
+        labels = label_indices(support, classes)
+        feats = self.context.features(model, support, "features: support")
+        if keep_classes and self.strategy.name != "protonet":
+            raise ConfigError("keep_classes needs a protonet artifact (its head is made of "
+                              "prototypes); other heads cannot be mixed with prototypes.")
+        scale = float(self.fit_info.get("scale", DEFAULT_SCALE))
+        head = prototype_head(feats, labels, len(classes), scale)
+        if keep_classes:  # keep the known prototypes the support does not redefine
+            keep = [i for i, c in enumerate(model.classes) if c not in set(classes)]
+            with torch.no_grad():
+                weight = torch.cat([model.head.weight[keep], head.weight])
+                bias = torch.cat([model.head.bias[keep], head.bias])
+            classes = [model.classes[i] for i in keep] + classes
+            head = torch.nn.Linear(weight.shape[1], len(classes))
+            with torch.no_grad():
+                head.weight.copy_(weight)
+                head.bias.copy_(bias)
+        clf = copy.copy(self)
+        clf.model = TransferModel(model.backbone, classes, head).eval()
+        clf.fit_info = {**self.fit_info, "scale": scale, "support": {
+            "source": support.source, "n": len(support), "classes": sorted(set(support.labels))}}
+        return clf
+
+    def labels_from_proba(self, proba: np.ndarray) -> list[str]:
+        """Label names for probabilities (what ``predict_file`` and the server need)."""
+        return self._require_model().labels_from_proba(proba)
 
 
 def evaluation_examples(source: str | Path, classes: list[str], *,
@@ -204,7 +265,7 @@ class staged_output:  # noqa: N801  (used as a context manager, reads like one)
                 "to replace it once the new run has finished."
             )
         t.parent.mkdir(parents=True, exist_ok=True)
-        self.stage = Path(tempfile.mkdtemp(prefix=f".{t.name}.partial-", dir=t.parent))
+        self.stage = make_temp_dir(f".{t.name}.partial-", t.parent)
         return self.stage
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
@@ -261,6 +322,7 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
             pooling=config.pooling, max_length=config.max_length, image_size=config.image_size,
             seed=config.seed, batch_size=config.batch_size, precision=config.precision,
             device=config.device, cache=config.cache,
+            trust_remote_code=config.trust_remote_code,
         )
         clf.context.progress = progress
         clf.context.run_dir = stage

@@ -67,6 +67,9 @@ def fit(
     ] = None,
     no_cache: Annotated[bool, Opt("--no-cache", help="Do not read or write the feature cache.")
                         ] = False,
+    trust_remote_code: Annotated[bool, Opt(
+        "--trust-remote-code", help="Run Python code shipped with the backbone (auto_map, *.py)."
+        " Only for models whose authors you trust; refused without it.")] = False,
     epochs: Annotated[int | None, Opt(help="Fine-tuning epochs. [3]", rich_help_panel="Fine-tuning")
                       ] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate (full/partial 5e-5, lora 5e-4, "
@@ -117,7 +120,7 @@ def fit(
         test_size=test_size, seed=seed, batch_size=batch_size, precision=precision,
         pooling=pooling, max_length=max_length, image_size=image_size, device=device,
         strict=strict, compare_baseline=baseline, overwrite=overwrite,
-        cache=False if no_cache else None,
+        cache=False if no_cache else None, trust_remote_code=True if trust_remote_code else None,
     )
     strategy_flags = dict(
         head=head, epochs=epochs, lr=lr, lr_decay=lr_decay, train_layers=train_layers,
@@ -263,17 +266,227 @@ def predict(
     output: Annotated[Path, Opt(help="CSV to write: row, input, label, prob_<class>...")],
     text_column: Annotated[str | None, Opt(help="Text column.")] = None,
     batch_size: Annotated[int, Opt(help="Batch size.")] = 32,
+    engine: Annotated[str, Opt(help="torch, or onnx (ONNX Runtime on CPU, no torch needed; "
+                                    "run `transferkit export RUN --onnx` first).")] = "torch",
+    int8: Annotated[bool, Opt("--int8", help="onnx: the int8-quantised export "
+                                             "(`export --onnx --int8`).")] = False,
+    precision: Annotated[str, Opt(help="torch: auto (bf16 where fast), bf16, fp16 (GPU), "
+                                       "fp32.")] = "auto",
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing --output.")] = False,
+    support: Annotated[str | None, Opt(
+        help="Labelled examples (CSV, image folder...) of the classes to predict, by "
+             "distance to their prototypes: new classes, no training.")
+    ] = None,
 ) -> None:
     """Predict labels and class probabilities for every row of a file."""
-    from .api import Classifier
+    from .reuse.engines import load_engine
     from .reuse.predict import predict_file
 
-    clf = Classifier.load(run, batch_size=batch_size)
-    path, n_ok, n_bad = predict_file(clf, inputs, output, text_column=text_column,
+    if support is not None:
+        if engine != "torch":
+            raise TransferkitError("--support builds prototypes with the torch engine: drop "
+                                   "--engine onnx.")
+        from .api import Classifier
+
+        model: Any = Classifier.load(run, batch_size=batch_size, precision=precision
+                                     ).with_support(support, text_column=text_column)
+    else:
+        model = load_engine(run, engine, int8=int8, precision=precision, batch_size=batch_size)
+    path, n_ok, n_bad = predict_file(model, inputs, output, text_column=text_column,
                                      overwrite=overwrite)
     skipped = f" ({n_bad} unreadable rows left with an empty label)" if n_bad else ""
     out.print(f"{n_ok} predictions written to {path}{skipped}")
+
+
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `transferkit fit`.")],
+    onnx: Annotated[bool, Opt("--onnx", help="Export to RUN/onnx/model.onnx (the only "
+                                             "format so far).")] = False,
+    int8: Annotated[bool, Opt("--int8", help="Also write a dynamically quantised int8 model "
+                                             "and measure its accuracy change.")] = False,
+    eval_data: Annotated[str | None, Opt(
+        help="Labelled data for the int8 accuracy check (default: the run's test split, "
+             "rebuilt from run.yaml).")] = None,
+    text_column: Annotated[str | None, Opt(help="Text column of --eval-data.")] = None,
+    label_column: Annotated[str | None, Opt(help="Label column of --eval-data.")] = None,
+    batch_size: Annotated[int, Opt(help="Batch size for the parity and accuracy checks.")] = 32,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an earlier export (only once "
+                                                       "the new one passed its checks).")
+                         ] = False,
+) -> None:
+    """Export a saved model to ONNX (backbone + head, LoRA merged), checked against PyTorch."""
+    if not onnx:
+        raise TransferkitError("Choose an export format: `transferkit export RUN --onnx`.")
+    from .reuse.onnx_export import export_onnx
+
+    info = export_onnx(run, int8=int8, overwrite=overwrite, eval_data=eval_data,
+                       text_column=text_column, label_column=label_column,
+                       batch_size=batch_size)
+    fp32 = info["fp32"]
+    out.print(f"{run / 'onnx' / fp32['file']}: {fp32['bytes'] / 1e6:.1f} MB, exported in "
+              f"{info['export_seconds']:.1f} s; max |Δ probability| vs PyTorch fp32 "
+              f"{fp32['parity_max_abs_diff']:.1e} on {fp32['parity_examples']} inputs")
+    if info["int8"]:
+        q = info["int8"]
+        out.print(f"{run / 'onnx' / q['file']}: {q['bytes'] / 1e6:.1f} MB; accuracy "
+                  f"{q['accuracy_int8']:.4f} vs {q['accuracy_fp32']:.4f} fp32 "
+                  f"({q['accuracy_change'] * 100:+.2f} points) on {q['eval_examples']} examples")
+    out.print(f"predict with: transferkit predict {run} INPUTS --output OUT.csv --engine onnx"
+              + (" --int8" if info["int8"] else ""))
+
+
+@app.command()
+def serve(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `transferkit fit`.")],
+    host: Annotated[str, Opt(help="Address to bind. Anything but loopback should have "
+                                  "--api-key-env.")] = "127.0.0.1",
+    port: Annotated[int, Opt(help="TCP port.")] = 8000,
+    engine: Annotated[str, Opt(help="torch, or onnx (needs `transferkit export RUN --onnx`; "
+                                    "does not import torch).")] = "torch",
+    int8: Annotated[bool, Opt("--int8", help="onnx: serve the int8-quantised export.")] = False,
+    precision: Annotated[str, Opt(help="torch: auto, bf16, fp16 (GPU) or fp32.")] = "auto",
+    api_key_env: Annotated[str | None, Opt(
+        help="Require the key held in this environment variable (X-API-Key header or "
+             "Authorization: Bearer). /health stays open.")] = None,
+    max_batch: Annotated[int, Opt(help="Most examples in one micro-batch (1 = one request "
+                                       "at a time).", rich_help_panel="Batching")] = 32,
+    max_wait_ms: Annotated[float, Opt(help="Longest wait for more requests to join a batch.",
+                                      rich_help_panel="Batching")] = 5.0,
+    model_batch: Annotated[int | None, Opt(help="Chunk size inside a micro-batch (examples "
+                                                "sorted by length). [torch 8, onnx 4]",
+                                           rich_help_panel="Batching")] = None,
+    queue_size: Annotated[int, Opt(help="Queued requests before 503 + Retry-After.",
+                                   rich_help_panel="Batching")] = 256,
+    max_body_mb: Annotated[float, Opt(help="Largest request body in MiB.",
+                                      rich_help_panel="Limits")] = 16.0,
+    max_examples: Annotated[int, Opt(help="Most examples in one request.",
+                                     rich_help_panel="Limits")] = 64,
+    max_text_chars: Annotated[int, Opt(help="Longest text in characters.",
+                                       rich_help_panel="Limits")] = 10_000,
+    max_image_pixels: Annotated[int, Opt(help="Largest image (width x height).",
+                                         rich_help_panel="Limits")] = 40_000_000,
+    threads: Annotated[int | None, Opt(help="torch: intra-op threads for the model (default: "
+                                            "torch's, one per core).")] = None,
+    access_log: Annotated[bool, Opt("--access-log", help="Log one line per request.")] = False,
+) -> None:
+    """Serve a saved model over HTTP: POST /predict, GET /health, /metadata, docs at /docs."""
+    from .reuse.serve import Limits
+    from .reuse.serve import serve as serve_run
+
+    limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_examples=max_examples,
+                    max_text_chars=max_text_chars, max_image_pixels=max_image_pixels)
+    serve_run(run, host=host, port=port, engine=engine, int8=int8, precision=precision,
+              model_batch=model_batch, max_batch=max_batch, max_wait_ms=max_wait_ms,
+              queue_size=queue_size, limits=limits, api_key_env=api_key_env,
+              access_log=access_log, threads=threads)
+
+
+def _class_list(classes: str | None) -> list[str] | None:
+    return [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+
+
+@app.command("meta-train")
+def meta_train(
+    data: Annotated[str, typer.Argument(help="Labelled data holding the base classes.")],
+    out_dir: Annotated[str, Opt("--out", help="Run folder to write (a protonet artifact).")],
+    classes: Annotated[str | None, Opt(help="Base classes, comma-separated (default: all).")
+                       ] = None,
+    backbone: Annotated[str, Opt(help="Pretrained backbone to meta-train.")] = "minilm",
+    valid: Annotated[str | None, Opt(help="Validation data of the base classes: early "
+                                          "stopping on episode accuracy.")] = None,
+    per_class: Annotated[int | None, Opt(help="Use at most N examples per base class.")
+                         ] = None,
+    n_way: Annotated[int, Opt(help="Classes per episode.")] = 5,
+    k_shot: Annotated[int, Opt(help="Support examples per class and episode.")] = 5,
+    n_query: Annotated[int, Opt(help="Query examples per class and episode.")] = 5,
+    episodes: Annotated[int, Opt(help="Training episodes (one optimizer step each).")] = 100,
+    lr: Annotated[float, Opt(help="Peak learning rate.")] = 5e-5,
+    scale: Annotated[float, Opt(help="Distance scale of the prototype softmax.")] = 10.0,
+    text_column: Annotated[str | None, Opt(help="Text column.")] = None,
+    label_column: Annotated[str | None, Opt(help="Label column.")] = None,
+    seed: Annotated[int, Opt(help="Seed for episodes and training.")] = 0,
+    batch_size: Annotated[int, Opt(help="Batch size for feature extraction.")] = 32,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing --out folder.")
+                         ] = False,
+) -> None:
+    """Meta-train a prototypical network on base classes (N-way K-shot episodes)."""
+    from .adapt.protonet import meta_train_data
+    from .api import Classifier
+
+    dataset = meta_train_data(data, _class_list(classes), valid=valid, per_class=per_class,
+                              seed=seed, text_column=text_column, label_column=label_column)
+    options = {"n_way": n_way, "k_shot": k_shot, "n_query": n_query, "episodes": episodes,
+               "lr": lr, "scale": scale}
+    clf = _with_progress(lambda progress: _fit_with_progress(
+        Classifier(backbone, "protonet", strategy_options=options, seed=seed,
+                   batch_size=batch_size), dataset, progress))
+    clf.save(out_dir, overwrite=overwrite)
+    info = clf.fit_info.get("meta_train", {})
+    out.print(f"meta-trained {n_way}-way {k_shot}-shot on {len(dataset.classes)} base classes "
+              f"({len(dataset.train)} examples): {info.get('steps')} episodes in "
+              f"{info.get('train_seconds', 0):.1f} s")
+    out.print(f"run folder: {Path(out_dir).resolve()}")
+    out.print(f"evaluate on new classes: transferkit meta-eval {out_dir} DATA --classes ...")
+
+
+def _fit_with_progress(clf: Any, dataset: Any, progress: Any) -> Any:
+    clf.context.progress = progress
+    return clf.fit(dataset)
+
+
+@app.command("meta-eval")
+def meta_eval(
+    model: Annotated[str, typer.Argument(help="A run folder (protonet or any model), or a "
+                                              "backbone name for the raw-feature baseline.")],
+    data: Annotated[str, typer.Argument(help="Labelled data of the held-out classes.")],
+    classes: Annotated[str | None, Opt(help="Classes to draw episodes from, comma-separated "
+                                            "(default: all).")] = None,
+    n_way: Annotated[int, Opt(help="Classes per episode.")] = 5,
+    k_shot: Annotated[int, Opt(help="Support examples per class and episode.")] = 5,
+    n_query: Annotated[int, Opt(help="Query examples per class and episode.")] = 15,
+    episodes: Annotated[int, Opt(help="Episodes (600+ for a tight confidence interval).")
+                        ] = 600,
+    seed: Annotated[int, Opt(help="Seed for the episodes.")] = 0,
+    text_column: Annotated[str | None, Opt(help="Text column.")] = None,
+    label_column: Annotated[str | None, Opt(help="Label column.")] = None,
+    split: Annotated[str, Opt(help="Split to use when DATA holds several.")] = "test",
+    batch_size: Annotated[int, Opt(help="Batch size for feature extraction.")] = 32,
+    output: Annotated[Path | None, Opt(help="Also write the result to this JSON file.")
+                      ] = None,
+) -> None:
+    """N-way K-shot accuracy on held-out classes, mean and 95% CI over many episodes."""
+    import numpy as np
+
+    from ._io import write_json
+    from .adapt import TransferModel
+    from .adapt.protonet import meta_evaluate, read_labelled
+    from .api import Classifier
+
+    if (Path(model) / "config.json").is_file():
+        clf = Classifier.load(model, batch_size=batch_size)
+    else:
+        clf = Classifier(model, batch_size=batch_size)
+        clf.model = TransferModel(clf._backbone(), [])
+    examples = read_labelled(data, _class_list(classes), text_column=text_column,
+                             label_column=label_column, split=split)
+    found = sorted(set(examples.labels or []))
+    labels = np.array([found.index(y) for y in examples.labels or []])
+    feats = _with_progress(lambda progress: _features(clf, examples, progress))
+    result = meta_evaluate(feats, labels, found, n_way=n_way, k_shot=k_shot, n_query=n_query,
+                           episodes=episodes, seed=seed)
+    result["model"] = model
+    out.print(f"{n_way}-way {k_shot}-shot accuracy of {model} on {len(found)} classes: "
+              f"{result['accuracy']:.4f} ± {result['ci95']:.4f} (95% CI, {episodes} episodes; "
+              f"chance {1 / n_way:.2f})")
+    if output:
+        write_json(output, result)
+        out.print(f"result: {output}")
+
+
+def _features(clf: Any, examples: Any, progress: Any) -> Any:
+    clf.context.progress = progress
+    return clf.context.features(clf.model, examples, "features")
 
 
 @app.command()

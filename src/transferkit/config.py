@@ -31,6 +31,7 @@ class FitConfig(BaseModel):
     strict: bool = False
     max_bad_fraction: float = Field(default=0.2, ge=0, le=1)
     backbone: str = "minilm"
+    trust_remote_code: bool = False  # run code shipped with the backbone (explicit only)
     pooling: Literal["mean", "cls", "max", "last"] | None = None
     max_length: int | None = Field(default=None, ge=1)
     image_size: int | None = Field(default=None, ge=16)

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import BackboneNotFoundError
+from ..errors import BackboneNotFoundError, ConfigError
 from .base import Backbone
 from .text import BACKBONE_FILE, load_text_backbone
 from .vision import VisionBackbone, create_timm_backbone, data_config_for, load_vision_dir
@@ -103,9 +103,14 @@ def where(name: str) -> str:
 def load_backbone(
     name: str, *, pooling: str | None = None, normalize: bool | None = None,
     max_length: int | None = None, image_size: int | None = None,
+    trust_remote_code: bool = False,
 ) -> Backbone:
-    """Load a backbone by alias, folder, timm name, or Hugging Face id."""
-    text_opts = {"pooling": pooling, "normalize": normalize, "max_length": max_length}
+    """Load a backbone by alias, folder, timm name, or Hugging Face id.
+
+    A model that ships its own Python code is refused unless ``trust_remote_code`` is set:
+    that code would run with the user's rights, so it must be an explicit choice."""
+    text_opts = {"pooling": pooling, "normalize": normalize, "max_length": max_length,
+                 "trust_remote_code": trust_remote_code}
     tried: list[str] = []
 
     path = Path(name).expanduser()
@@ -153,7 +158,8 @@ def load_backbone(
             try:
                 from huggingface_hub import snapshot_download
 
-                p = Path(snapshot_download(repo, allow_patterns=_HF_PATTERNS))
+                patterns = _HF_PATTERNS + (["*.py"] if trust_remote_code else [])
+                p = Path(snapshot_download(repo, allow_patterns=patterns))
                 return load_from_folder(p, name, f"hub {repo} -> {p}", text_opts, image_size)
             except Exception as e:  # network, auth, 404: all mean "not available"
                 tried.append(f"hub download of {repo} ({_short(e)})")
@@ -165,8 +171,27 @@ def load_backbone(
     )
 
 
-# Weights as safetensors only: loading never unpickles (DESIGN.md).
+# Weights as safetensors only: loading never unpickles (DESIGN.md). Python files (a model's
+# own code) are fetched only with trust_remote_code.
 _HF_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*", "2_Normalize/*"]
+
+
+def shipped_code(path: Path) -> list[str]:
+    """What in a model folder would make transformers run the model's own code: ``auto_map``
+    entries in its configs, and ``*.py`` files."""
+    import json
+
+    found: list[str] = []
+    for name in ("config.json", "tokenizer_config.json", "preprocessor_config.json"):
+        f = path / name
+        try:
+            cfg = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if isinstance(cfg, dict) and cfg.get("auto_map"):
+            found.append(f"auto_map in {name}")
+    found += sorted(p.name for p in path.glob("*.py"))
+    return found
 
 
 def _short(e: Exception) -> str:
@@ -182,6 +207,13 @@ def _is_timm_name(name: str) -> bool:
 def load_from_folder(path: Path, source: str, resolved: str, text_opts: dict, image_size: int | None
               ) -> Backbone:
     import json
+
+    if not text_opts.get("trust_remote_code") and (code := shipped_code(path)):
+        raise ConfigError(
+            f"{path} ships its own code ({', '.join(code)}); transferkit never runs a model's "
+            "code unless asked. If you trust its author, pass --trust-remote-code "
+            "(Classifier(..., trust_remote_code=True)); otherwise pick another model."
+        )
 
     marker = path / BACKBONE_FILE
     if marker.is_file() and json.loads(marker.read_text()).get("kind") == "timm":
@@ -201,7 +233,7 @@ def load_from_folder(path: Path, source: str, resolved: str, text_opts: dict, im
 def _load_bundled(alias: Alias, path: Path, text_opts: dict, image_size: int | None) -> Backbone:
     resolved = f"bundled package {alias.bundled_pip} ({path})"
     if alias.modality == "text":
-        return load_text_backbone(path, source=alias.name, resolved=resolved, **text_opts)
+        return load_from_folder(path, alias.name, resolved, text_opts, image_size)
     from .efficientnet_lite import load_bundled_efficientnet_lite0
 
     model, arch = load_bundled_efficientnet_lite0()

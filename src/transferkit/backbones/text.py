@@ -147,10 +147,12 @@ def sentence_transformers_settings(directory: Path) -> dict[str, Any]:
 def load_text_backbone(
     directory: Path, *, source: str, resolved: str, pooling: str | None = None,
     normalize: bool | None = None, max_length: int | None = None,
+    trust_remote_code: bool = False,
 ) -> TextBackbone:
     """Build from a local transformers / sentence-transformers / transferkit folder.
 
-    Loading reads safetensors and JSON only, and never runs code shipped with the model.
+    Loading reads safetensors and JSON only, and runs code shipped with the model only with
+    ``trust_remote_code`` (the registry refuses such folders without it).
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -161,10 +163,10 @@ def load_text_backbone(
     settings.update(_read_json(directory / BACKBONE_FILE))
     model_dir = directory / settings.get("subdir", "")
     try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
-        model = AutoModel.from_pretrained(model_dir, trust_remote_code=False,
+        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
                                           use_safetensors=True, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise BackboneNotFoundError(
             f"{directory} is not a loadable transformers model ({e}). It needs config.json, "
@@ -178,10 +180,29 @@ def load_text_backbone(
     tokenizer.padding_side = "right"
     model = attach_adapter(model, directory).eval()
     limit = min(int(getattr(tokenizer, "model_max_length", 512) or 512), 512)
+    # Never longer than the model's position table: a 128-position model given 512 tokens
+    # crashes (indexing past the table) instead of truncating.
+    positions = position_limit(config)
+    length = max_length or settings.get("max_length") or limit
     return TextBackbone(
         model, tokenizer,
         pooling=pooling or settings.get("pooling") or ("last" if is_decoder else "mean"),
         normalize=settings.get("normalize", False) if normalize is None else normalize,
-        max_length=max_length or settings.get("max_length") or limit,
+        max_length=min(length, positions) if positions else length,
         source=source, resolved=resolved,
     )
+
+
+# RoBERTa-likes number positions from padding_idx + 1, so two rows of their table are unusable.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer",
+                     "data2vec-text")
+
+
+def position_limit(config: Any) -> int | None:
+    """How many tokens a transformers model can embed, from its config (None: no limit)."""
+    n = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if not n:
+        return None
+    if getattr(config, "model_type", "") in _OFFSET_POSITIONS:
+        n -= int(getattr(config, "pad_token_id", 1) or 1) + 1
+    return int(n)

@@ -6,12 +6,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
 from ..data.examples import IMAGE
+from ..data.images import to_pil  # noqa: F401  (re-exported: torch-free, shared with ONNX)
 from ..errors import BackboneNotFoundError
 from .base import ADAPTER_DIR, Backbone, attach_adapter, split_adapter
 from .text import BACKBONE_FILE
@@ -90,21 +89,6 @@ class VisionBackbone(Backbone):
         if adapter is not None:
             adapter.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
         (directory / BACKBONE_FILE).write_text(json.dumps(self.preprocessing(), indent=2))
-
-
-def to_pil(x: Any) -> Image.Image:
-    """Arrays (HxW, HxWxC; uint8 or float in [0,1]) and files become RGB PIL images."""
-    if isinstance(x, Image.Image):
-        return x.convert("RGB")
-    if isinstance(x, np.ndarray):
-        arr = x
-        if arr.dtype != np.uint8:
-            arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-        if arr.ndim == 3 and arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        return Image.fromarray(arr).convert("RGB")
-    with Image.open(x) as im:
-        return im.convert("RGB")
 
 
 def data_config_for(model: nn.Module, image_size: int | None = None,

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ..errors import DataError
 from .examples import IMAGE, Examples
@@ -102,3 +104,21 @@ def read_npz(path: Path, require_labels: bool = True) -> Examples:
     origins = [f"{path.name} index {i}" for i in range(len(images))]
     return Examples(inputs=inputs, labels=labels, origins=origins, modality=IMAGE,
                     source=path.name)
+
+
+def to_pil(x: Any) -> Image.Image:
+    """Arrays (HxW, HxWxC; uint8 or float in [0,1]) and files become RGB PIL images.
+
+    Lives here, not with the vision backbone, so torch-free code (the ONNX engine) reads
+    images exactly as the torch path does."""
+    if isinstance(x, Image.Image):
+        return x.convert("RGB")
+    if isinstance(x, np.ndarray):
+        arr = x
+        if arr.dtype != np.uint8:
+            arr = np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        if arr.ndim == 3 and arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        return Image.fromarray(arr).convert("RGB")
+    with Image.open(x) as im:
+        return im.convert("RGB")

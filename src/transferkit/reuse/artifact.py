@@ -9,57 +9,31 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .. import __version__
+from .._io import make_temp_dir, ordinary_permissions
 from ..adapt.model import TransferModel
 from ..backbones.registry import load_from_folder
 from ..errors import ArtifactError, BackboneNotFoundError
+from .schema import (
+    BACKBONE_DIR,
+    FORMAT,
+    FORMAT_VERSION,
+    HEAD_FILE,
+    ArtifactConfig,
+    BackboneInfo,
+    HeadInfo,
+    read_config,
+)
 
-FORMAT = "transferkit-artifact"
-FORMAT_VERSION = 1
-HEAD_FILE = "head.safetensors"
-BACKBONE_DIR = "backbone"
-
-
-class BackboneInfo(BaseModel):
-    source: str
-    resolved: str
-    modality: str
-    feature_dim: int
-    fingerprint: str
-    preprocessing: dict[str, Any]
-
-
-class HeadInfo(BaseModel):
-    type: str = "linear"
-    in_features: int
-    out_features: int
-
-
-class ArtifactConfig(BaseModel):
-    """Schema of ``config.json``; loading validates against it before touching any weights."""
-
-    format: str
-    format_version: int
-    transferkit_version: str
-    modality: str
-    labels: list[str]
-    backbone: BackboneInfo
-    strategy: dict[str, Any]
-    head: HeadInfo
-    multilabel: bool = False
-    thresholds: list[float] | None = None
-    label_delimiter: str | None = None
+__all__ = ["ArtifactConfig", "load_model", "read_config", "save_model"]
 
 
 def save_model(model: TransferModel, directory: Path, strategy: dict[str, Any]) -> Path:
@@ -76,7 +50,7 @@ def save_model(model: TransferModel, directory: Path, strategy: dict[str, Any]) 
         label_delimiter=model.delimiter,
     )
     # Write the backbone to a sibling temp folder first: a crash never leaves half a model.
-    tmp = Path(tempfile.mkdtemp(prefix=".backbone.", dir=directory))
+    tmp = make_temp_dir(".backbone.", directory)
     try:
         model.backbone.save(tmp)
         target = directory / BACKBONE_DIR
@@ -88,44 +62,20 @@ def save_model(model: TransferModel, directory: Path, strategy: dict[str, Any]) 
     state = {k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}
     save_file(state, str(directory / HEAD_FILE), metadata={"format": FORMAT})
     (directory / "config.json").write_text(config.model_dump_json(indent=2), encoding="utf-8")
+    ordinary_permissions(directory)
     return directory
 
 
-def read_config(directory: Path) -> ArtifactConfig:
-    path = directory / "config.json"
-    if not directory.is_dir():
-        raise ArtifactError(f"{directory}: no such run folder. Pass the --out folder of a fit.")
-    if not path.is_file():
-        raise ArtifactError(
-            f"{directory} is not a transferkit model: config.json is missing. Pass the --out "
-            "folder written by `transferkit fit`."
-        )
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-        config = ArtifactConfig.model_validate(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is corrupt (not valid JSON: {e}). Re-run the fit.") from e
-    except ValidationError as e:
-        raise ArtifactError(
-            f"{path} is not a transferkit artifact config ({e.error_count()} problems, first: "
-            f"{e.errors()[0]['loc']}: {e.errors()[0]['msg']}). Is this folder from another tool?"
-        ) from e
-    if config.format != FORMAT:
-        raise ArtifactError(f"{path}: format '{config.format}' is not '{FORMAT}'.")
-    if config.format_version > FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path} was written by a newer transferkit ({config.transferkit_version}); "
-            "upgrade transferkit to load it."
-        )
-    return config
-
-
-def load_model(directory: str | Path) -> tuple[TransferModel, ArtifactConfig]:
+def load_model(directory: str | Path, *, trust_remote_code: bool = False
+               ) -> tuple[TransferModel, ArtifactConfig]:
+    """Rebuild the model: config validated first, then safetensors only; a backbone that
+    ships its own code is refused unless ``trust_remote_code``."""
     directory = Path(directory)
     config = read_config(directory)
     try:
         backbone = load_from_folder(directory / BACKBONE_DIR, config.backbone.source,
-                             f"artifact {directory}", {}, None)
+                                    f"artifact {directory}",
+                                    {"trust_remote_code": trust_remote_code}, None)
     except (BackboneNotFoundError, OSError, SafetensorError, RuntimeError) as e:
         raise ArtifactError(f"{directory}/{BACKBONE_DIR}: cannot load the backbone ({e}).") from e
     if backbone.fingerprint != config.backbone.fingerprint:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import pandas as pd
 
 from .._io import write_with
@@ -15,15 +14,17 @@ from ..data.validate import clean_rows
 from ..errors import ArtifactError
 
 if TYPE_CHECKING:
-    from ..api import Classifier
+    from .engines import Engine
 
 
 def predict_file(
-    clf: Classifier, source: str | Path, output: str | Path, *, text_column: str | None = None,
+    engine: Engine, source: str | Path, output: str | Path, *, text_column: str | None = None,
     overwrite: bool = False,
 ) -> tuple[Path, int, int]:
     """Predict every row of ``source``; rows that cannot be read keep their place in the output
-    with an empty label and the reason, so the output lines up with the input."""
+    with an empty label and the reason, so the output lines up with the input.
+
+    ``engine`` comes from :func:`transferkit.reuse.engines.load_engine` (torch or ONNX)."""
     output = Path(output)
     if output.exists() and not overwrite:
         raise ArtifactError(
@@ -33,8 +34,8 @@ def predict_file(
                                               require_labels=False), "test")
     usable = clean_rows(examples, DataReport(), require_labels=False)
     good = {o: i for i, o in enumerate(usable.origins)}
-    proba = clf.predict_proba(usable) if len(usable) else np.zeros((0, len(clf.classes)))
-    labels = clf.model.labels_from_proba(proba)
+    proba = engine.predict_proba(list(usable.inputs))
+    labels = engine.labels_from_proba(proba)
     rows = []
     for i, origin in enumerate(examples.origins):
         x = examples.inputs[i]
@@ -50,7 +51,7 @@ def predict_file(
         else:
             row["label"] = labels[j]
             row["error"] = ""
-            for c, p in zip(clf.classes, proba[j], strict=True):
+            for c, p in zip(engine.classes, proba[j], strict=True):
                 row[f"prob_{c}"] = float(p)
         rows.append(row)
     frame = pd.DataFrame(rows)

@@ -1,0 +1,177 @@
+"""The ONNX Runtime engine: a run's ``onnx/`` export, with no torch at prediction time.
+
+Preprocessing is re-done here without torch, matching the torch path exactly:
+text goes through ``tokenizers`` with the same truncation (and the length recorded at
+export, already capped at the model's position table) and per-batch right padding; images go
+through a numpy/PIL copy of timm's evaluation transform (shorter side resized to
+``floor(size / crop_pct)``, centre crop, ``/255``, mean/std). The exported graph ends in the
+softmax (or sigmoid), so its output is the probabilities the torch model gives.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError
+from .engines import _Base
+from .schema import BACKBONE_DIR, read_config
+
+ONNX_DIR = "onnx"
+EXPORT_FILE = "export.json"
+FP32_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
+
+_PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def read_export(run_dir: Path, onnx_dir: Path | None = None) -> dict[str, Any]:
+    """``onnx/export.json`` of a run, or an error saying how to make it."""
+    path = (onnx_dir or run_dir / ONNX_DIR) / EXPORT_FILE
+    if not path.is_file():
+        raise ArtifactError(
+            f"{run_dir} has no ONNX export ({path} is missing). Run `transferkit export "
+            f"{run_dir} --onnx` first (add --int8 for the quantised model), or use "
+            "--engine torch.")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path} is corrupt ({e}). Export again with `transferkit export "
+                            f"{run_dir} --onnx --overwrite`.") from e
+
+
+def open_session(path: Path, run_dir: Path) -> Any:
+    import onnxruntime as ort
+
+    if not path.is_file():
+        raise ArtifactError(f"{path} is missing. Export again with `transferkit export {run_dir} "
+                            "--onnx --overwrite`" + (" --int8." if "int8" in path.name else "."))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # ORT raises its own Fail/InvalidGraph/... classes for bad files
+        raise ArtifactError(
+            f"{path} is damaged or not an ONNX model ({str(e).splitlines()[0][:200]}). Export "
+            f"again with `transferkit export {run_dir} --onnx --overwrite`.") from e
+
+
+class OnnxEngine(_Base):
+    """``predict_proba`` on ONNX Runtime (CPU), fp32 or dynamically quantised int8."""
+
+    name = "onnx"
+
+    def __init__(self, run_dir: str | Path, *, int8: bool = False, batch_size: int = 32,
+                 onnx_dir: Path | None = None) -> None:
+        run_dir = Path(run_dir)
+        super().__init__(read_config(run_dir))
+        self.run_dir = run_dir
+        onnx_dir = onnx_dir or run_dir / ONNX_DIR  # the export stages elsewhere, then checks
+        self.export = read_export(run_dir, onnx_dir)
+        if self.export.get("fingerprint") != self.config.backbone.fingerprint:
+            raise ArtifactError(
+                f"{run_dir}/{ONNX_DIR} was exported from other weights than this run's "
+                "(fingerprint mismatch). Export again with `transferkit export "
+                f"{run_dir} --onnx --overwrite`.")
+        if int8 and not self.export.get("int8"):
+            raise ArtifactError(
+                f"{run_dir} has no int8 export. Run `transferkit export {run_dir} --onnx --int8 "
+                "--overwrite`, or drop --int8.")
+        self.int8 = int8
+        self.batch_size = batch_size
+        self.session = open_session(onnx_dir / (INT8_FILE if int8 else FP32_FILE), run_dir)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        if self.modality == "text":
+            self._init_text()
+        else:
+            self._init_image()
+
+    # -- text -------------------------------------------------------------------------------
+    def _init_text(self) -> None:
+        from tokenizers import Tokenizer
+
+        path = self.run_dir / BACKBONE_DIR / "tokenizer.json"
+        if not path.is_file():
+            raise ArtifactError(
+                f"{path} is missing: the ONNX engine needs the fast tokenizer file. Re-run the "
+                "fit with a backbone that has a fast tokenizer, or use --engine torch.")
+        tok = Tokenizer.from_file(str(path))
+        text = self.export["text"]
+        tok.no_padding()
+        tok.enable_truncation(max_length=int(text["max_length"]))
+        self.tokenizer = tok
+        self.pad_id = int(text["pad_id"])
+
+    def _encode(self, texts: list[str]) -> list[Any]:
+        return self.tokenizer.encode_batch([str(t) for t in texts])
+
+    def _text_feeds(self, encodings: list[Any]) -> dict[str, np.ndarray]:
+        n = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), n), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), n), dtype=np.int64)
+        types = np.zeros((len(encodings), n), dtype=np.int64)
+        for i, e in enumerate(encodings):
+            k = len(e.ids)
+            ids[i, :k] = e.ids
+            mask[i, :k] = 1
+            types[i, :k] = e.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {k: feeds[k] for k in self.input_names}
+
+    # -- images -----------------------------------------------------------------------------
+    def _init_image(self) -> None:
+        pre = self.config.backbone.preprocessing
+        _, h, w = (int(v) for v in pre["input_size"])
+        self.size = (h, w)
+        self.crop_pct = float(pre.get("crop_pct") or 0.875)
+        self.crop_mode = str(pre.get("crop_mode") or "center")
+        self.filter = _PIL_FILTERS.get(str(pre.get("interpolation", "bilinear")), 2)
+        self.mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
+        self.std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
+
+    def _pixels(self, x: Any) -> np.ndarray:
+        """timm's eval transform (torchvision Resize + CenterCrop + ToTensor + Normalize)."""
+        from ..data.images import to_pil
+
+        img = to_pil(x)
+        h, w = self.size
+        sh, sw = math.floor(h / self.crop_pct), math.floor(w / self.crop_pct)
+        if self.crop_mode == "squash" or sh != sw:
+            img = img.resize((sw, sh), self.filter)
+        else:  # shorter side to sh, as torchvision.transforms.Resize(int) does
+            iw, ih = img.size
+            short, long = min(iw, ih), max(iw, ih)
+            new_long = int(sh * long / short)
+            size = (sh, new_long) if iw <= ih else (new_long, sh)
+            img = img.resize(size, self.filter)
+        iw, ih = img.size
+        top, left = int(round((ih - h) / 2.0)), int(round((iw - w) / 2.0))
+        img = img.crop((left, top, left + w, top + h))
+        arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+        return (arr - self.mean) / self.std
+
+    # -- engine -----------------------------------------------------------------------------
+    def predict_proba(self, inputs: list[Any]) -> np.ndarray:
+        inputs = list(inputs)
+        k = len(self.classes)
+        if not inputs:
+            return np.zeros((0, k), dtype=np.float32)
+        out = np.zeros((len(inputs), k), dtype=np.float32)
+        if self.modality == "text":
+            encodings = self._encode(inputs)
+            # sorted by length and padded per batch, as the torch extraction does
+            order = sorted(range(len(inputs)), key=lambda i: len(encodings[i].ids))
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                feeds = self._text_feeds([encodings[i] for i in idx])
+                out[idx] = self.session.run(None, feeds)[0]
+        else:
+            for start in range(0, len(inputs), self.batch_size):
+                batch = np.stack([self._pixels(x) for x in inputs[start:start + self.batch_size]])
+                out[start:start + len(batch)] = self.session.run(
+                    None, {self.input_names[0]: batch})[0]
+        return out

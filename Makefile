@@ -28,6 +28,9 @@ bench: setup
 	cd benchmarks && ../$(BIN)/python extract.py
 	cd benchmarks && ../$(BIN)/python finetune.py
 	cd benchmarks && ../$(BIN)/python finetune.py --prefix --epochs 3
+	cd benchmarks && ../$(BIN)/python serve.py
+	$(BIN)/pip install --quiet -e '.[bench]'
+	cd benchmarks && ../$(BIN)/python fewshot.py --seeds 5,2
 
 # The transfer study of the README: MiniLM on rotten_tomatoes, 5 budgets x 3 seeds.
 study-demo: setup

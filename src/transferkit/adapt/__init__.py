@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import finetune, lora, probe  # noqa: F401  (registers the strategies)
+from . import contrastive, finetune, lora, probe, protonet  # noqa: F401  (registers them)
 from .base import STRATEGIES, FitContext, Strategy, get_strategy, label_indices, register
 from .model import TransferModel
 

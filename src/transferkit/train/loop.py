@@ -7,6 +7,14 @@ every N steps or each epoch, early stopping with restore of the best weights, at
 checkpoints and exact resume, a JSONL log and optional TensorBoard. Which parameters train is
 decided by the strategy *before* ``accelerator.prepare`` (DESIGN.md: never flip
 ``requires_grad`` on a wrapped model).
+
+Three hooks let objectives other than classification share all of that instead of growing a
+second loop: ``sampler(epoch)`` decides which training examples form each batch (class-balanced
+batches for contrastive tuning, N-way K-shot episodes for prototypical networks),
+``criterion(outputs, targets)`` turns the model's outputs on a batch into a loss (a
+sentence-transformers loss on embeddings, a prototype loss, a masked-LM loss), and
+``evaluator()`` scores the model for early stopping (nearest-centroid accuracy, episode
+accuracy, perplexity) in place of the classification metrics on ``valid_inputs``.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +37,8 @@ from .cache import autocast_for, resolve_precision
 from .sampler import bucketed_batches
 
 SCHEDULES = ("linear", "cosine", "constant")
-METRICS = ("accuracy", "macro_f1", "micro_f1", "loss")
+METRICS = ("accuracy", "macro_f1", "micro_f1", "loss", "perplexity")
+LOWER_IS_BETTER = ("loss", "perplexity")
 STATE_FILE = "trainer_state.json"
 BEST_FILE = "best_weights.safetensors"
 
@@ -156,8 +166,19 @@ def train(
     progress: Any = None,
     prefix_layers: list[nn.Module] | None = None,
     feature_cache: Any = None,
+    sampler: Callable[[int], list[list[int]]] | None = None,
+    criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    evaluator: Callable[[], dict[str, float]] | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` (a TransferModel) in place; return the history and what was chosen."""
+    """Train ``model`` (a TransferModel) in place; return the history and what was chosen.
+
+    ``sampler(epoch)``: the epoch's batches as lists of indices into ``train_inputs``; it must
+    be deterministic in ``epoch`` (exact resume rebuilds the batches). Default: seeded,
+    length-bucketed batches of ``batch_size``. ``criterion(outputs, targets)``: the loss of
+    ``model(**batch)`` against ``train_labels[batch]``. Default: cross-entropy (BCE for
+    multi-label). ``evaluator()``: ``{"valid_<metric>": value, ...}`` for early stopping,
+    called with the model in eval mode. Default: classification metrics on ``valid_inputs``.
+    """
     from safetensors.torch import load_file, save_file
 
     from ..evaluate.metrics import compute_metrics, compute_multilabel_metrics
@@ -173,7 +194,7 @@ def train(
     lengths = [backbone.cost(p) for p in prepared]
     valid_prepared = backbone.prepare(valid_inputs) if valid_inputs is not None else None
 
-    n_batches = math.ceil(len(prepared) / batch_size)
+    n_batches = len(sampler(0)) if sampler is not None else math.ceil(len(prepared) / batch_size)
     per_process = math.ceil(n_batches / accelerator.num_processes)
     steps_per_epoch = max(1, math.ceil(per_process / cfg.grad_accum))
     total_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
@@ -261,8 +282,13 @@ def train(
             accelerator.log({k: v for k, v in entry.items() if isinstance(v, int | float)},
                             step=state.global_step)
 
+    has_valid = evaluator is not None or bool(valid_prepared)
+
     def evaluate() -> dict[str, Any]:
         model.eval()
+        if evaluator is not None:
+            with torch.inference_mode(), accelerator.autocast():
+                return dict(evaluator())
         logits_all = []
         with torch.inference_mode(), accelerator.autocast():
             for s in range(0, len(valid_prepared), batch_size):
@@ -287,7 +313,7 @@ def train(
         nonlocal best_weights
         value = result[f"valid_{metric}"]
         better = state.best_metric is None or (
-            value < state.best_metric - 1e-6 if metric == "loss"
+            value < state.best_metric - 1e-6 if metric in LOWER_IS_BETTER
             else value > state.best_metric + 1e-6)
         if better:
             state.best_metric, state.best_step, state.bad_evals = value, state.global_step, 0
@@ -316,7 +342,7 @@ def train(
                 shutil.rmtree(old, ignore_errors=True)
         accelerator.wait_for_everyone()
 
-    if valid_prepared and state.global_step == 0 and not state.history:
+    if has_valid and state.global_step == 0 and not state.history:
         # score the starting point too: with a probe-initialised head it is a real candidate,
         # and restoring the best weights then never ends below where fine-tuning began
         after_eval(evaluate())
@@ -327,7 +353,8 @@ def train(
     done = state.stopped_early or (cfg.max_steps is not None
                                    and state.global_step >= cfg.max_steps)
     while not done and state.epoch < cfg.epochs:
-        batches = bucketed_batches(lengths, batch_size, seed, state.epoch)
+        batches = sampler(state.epoch) if sampler is not None else \
+            bucketed_batches(lengths, batch_size, seed, state.epoch)
         mine = batches[accelerator.process_index::accelerator.num_processes]
         mine = mine[:per_process]  # equal counts per process keep DDP in lock-step
         for b, idx in enumerate(mine):
@@ -346,7 +373,9 @@ def train(
                 prefix.activate(idx)
             with accelerator.accumulate(model):
                 logits = model(**batch).float()
-                if soft is None:
+                if criterion is not None:
+                    loss = criterion(logits, target)
+                elif soft is None:
                     loss = loss_fn(logits, target)
                 else:
                     loss = torch.sum(-soft * torch.log_softmax(logits, -1), dim=-1).mean()
@@ -372,7 +401,7 @@ def train(
                 log({"step": state.global_step, "epoch": state.epoch,
                      "loss": running / running_n, "lr": scheduler.get_last_lr()[0]})
                 running, running_n = 0.0, 0
-            if cfg.eval_every and valid_prepared and state.global_step % cfg.eval_every == 0:
+            if cfg.eval_every and has_valid and state.global_step % cfg.eval_every == 0:
                 after_eval(evaluate())
             if cfg.max_steps and state.global_step >= cfg.max_steps:
                 done = True
@@ -386,7 +415,7 @@ def train(
                 log({"step": state.global_step, "epoch": state.epoch,
                      "loss": running / running_n, "lr": scheduler.get_last_lr()[0]})
                 running, running_n = 0.0, 0
-            if not cfg.eval_every and valid_prepared:
+            if not cfg.eval_every and has_valid:
                 after_eval(evaluate())
             state.epoch += 1
             state.batch_in_epoch = 0
@@ -394,7 +423,7 @@ def train(
             epoch_start = time.perf_counter()
         if state.stopped_early:
             break
-    if valid_prepared and (state.best_metric is None or state.global_step > state.best_step) \
+    if has_valid and (state.best_metric is None or state.global_step > state.best_step) \
             and cfg.eval_every:
         after_eval(evaluate())  # the final weights get a fair chance to be the best
 

@@ -1,0 +1,129 @@
+"""Few-shot: transferkit ``contrastive`` against the SetFit library, side by side.
+
+Same body (the bundled MiniLM), same label budgets (transferkit's seeded, stratified
+``--per-class`` draw, handed to both), same full test split; contenders alternate within each
+(dataset, budget, seed). SetFit runs with its defaults (all unique pairs, oversampled, one
+epoch, body lr 2e-5, logistic-regression head), its checkpoints in a temporary folder.
+Wall time = load the body + train + fit the head (prediction not included).
+
+    python benchmarks/fewshot.py [--budgets 8,64] [--seeds 5,2]
+                                 [--datasets rotten_tomatoes,sms_spam]
+
+``--seeds`` gives the seeds per budget (SetFit at 64 per class takes minutes a run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+
+def run_setfit(path: str, texts: list[str], labels: list[str], test_texts: list[str],
+               seed: int) -> tuple[float, np.ndarray]:
+    from datasets import Dataset as HFDataset
+    from setfit import SetFitModel, Trainer, TrainingArguments
+
+    start = time.perf_counter()
+    model = SetFitModel.from_pretrained(path)  # a str: ST 6 rejects pathlib.Path
+    with tempfile.TemporaryDirectory(prefix="setfit-") as out:  # never ./checkpoints
+        args = TrainingArguments(output_dir=out, seed=seed, report_to="none",
+                                 save_strategy="no", show_progress_bar=False)
+        trainer = Trainer(model=model, args=args, train_dataset=HFDataset.from_dict(
+            {"text": texts, "label": labels}))
+        trainer.train()
+    seconds = time.perf_counter() - start
+    return seconds, np.asarray(model.predict(test_texts))
+
+
+def run_ours(data, seed: int) -> tuple[float, list[str], dict]:
+    from transferkit import Classifier
+
+    start = time.perf_counter()
+    clf = Classifier("minilm", "contrastive", seed=seed, cache=False).fit(data)
+    seconds = time.perf_counter() - start
+    return seconds, clf.predict(data.test), clf.fit_info
+
+
+def main() -> None:
+    import sentence_transformers
+    import setfit
+    import torch
+    import transformers
+    from common import DATA, entry, print_table, write_results
+
+    import transferkit
+    from transferkit import load_data
+    from transferkit.backbones import ALIASES
+    from transferkit.backbones.registry import bundled_path
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--budgets", default="8,64")
+    ap.add_argument("--seeds", default="5,2", help="seeds per budget, comma-separated")
+    ap.add_argument("--datasets", default="rotten_tomatoes,sms_spam")
+    ap.add_argument("--name", default="fewshot")
+    args = ap.parse_args()
+    budgets = [int(b) for b in args.budgets.split(",")]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds += [seeds[-1]] * (len(budgets) - len(seeds))
+    path = str(bundled_path(ALIASES["minilm"]))
+    versions = {"transferkit": transferkit.__version__, "setfit": setfit.__version__,
+                "sentence-transformers": sentence_transformers.__version__,
+                "transformers": transformers.__version__, "torch": torch.__version__}
+    log = open(f"/tmp/{args.name}-runs.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+    entries = []
+    for budget, n_seeds in zip(budgets, seeds, strict=True):  # small budgets finish first
+        for ds in args.datasets.split(","):
+            acc = {"ours": [], "peer": []}
+            secs = {"ours": [], "peer": []}
+            for seed in range(n_seeds):
+                data = load_data(DATA / f"{ds}.train.csv", test=DATA / f"{ds}.test.csv",
+                                 per_class=budget, seed=seed)
+                truth = np.asarray(data.test.labels)
+                contenders = [("ours", lambda d=data, s=seed: run_ours(d, s)),
+                              ("peer", lambda d=data, s=seed: run_setfit(
+                                  path, d.train.inputs, d.train.labels, d.test.inputs, s))]
+                if seed % 2:  # alternate who goes first
+                    contenders.reverse()
+                for who, fn in contenders:
+                    result = fn()
+                    a = float((np.asarray(result[1]) == truth).mean())
+                    acc[who].append(a)
+                    secs[who].append(result[0])
+                    rec = {"dataset": ds, "per_class": budget, "seed": seed, "who": who,
+                           "accuracy": a, "seconds": result[0]}
+                    if who == "ours":
+                        rec["phase1"] = result[2].get("phase1")
+                    print(json.dumps(rec, default=str), flush=True)
+                    log.write(json.dumps(rec, default=str) + "\n")
+                    log.flush()
+            n = len(acc["ours"])
+            extra = {"accuracy_ours": acc["ours"], "accuracy_peer": acc["peer"],
+                     "seconds_ours": secs["ours"], "seconds_peer": secs["peer"],
+                     "n_test": len(truth), "n_train": len(data.train)}
+            entries.append(entry(f"{ds} {budget}/class accuracy (mean of {n} seeds)",
+                                 statistics.mean(acc["ours"]), statistics.mean(acc["peer"]),
+                                 "accuracy", n, True, versions, **extra))
+            entries.append(entry(f"{ds} {budget}/class wall time (median)",
+                                 statistics.median(secs["ours"]),
+                                 statistics.median(secs["peer"]), "s", n, False, versions,
+                                 # each seed's contenders ran back to back: their ratio
+                                 # is robust to load changing between seeds
+                                 paired_ratio_median=statistics.median(
+                                     p / o for o, p in zip(secs["ours"], secs["peer"],
+                                                           strict=True))))
+            write_results(args.name, entries)  # partial results survive an interrupted run
+    print_table(entries)
+    print(f"results: {write_results(args.name, entries)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""Prototypical networks (Snell et al. 2017): classify by distance to class prototypes.
+
+A class is the mean embedding of its examples (its prototype), and an input belongs to the
+nearest one, so a new class needs only K examples and no training. Meta-training makes the
+encoder good at exactly that: N-way K-shot episodes drawn from the base classes
+(``train/sampler.py``), each a cross-entropy over ``-scale * squared distance`` from the
+queries to the episode's support prototypes, on the one training loop.
+
+The prototype classifier is written as a linear head: ``-s||x - c||^2 = 2s c.x - s||c||^2 -
+s||x||^2`` and the last term is the same for every class, so ``W = 2s c`` and
+``b = -s||c||^2`` give the same softmax. A protonet therefore saves, exports and serves like
+any other model, and new classes are new rows of the head (``Classifier.with_support``).
+``scale`` matters: unit-norm embeddings have squared distances in [0, 4], whose unscaled
+softmax is almost flat; without it meta-training made the encoder worse.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.examples import Dataset, Examples
+from ..errors import ConfigError
+from ..train.loop import ParamGroup, TrainConfig, train
+from ..train.sampler import Episodes
+from .base import FitContext, Strategy, label_indices, register
+from .model import TransferModel
+
+DEFAULT_SCALE = 10.0
+
+
+def prototype_head(features: np.ndarray, labels: np.ndarray, n_classes: int,
+                   scale: float = DEFAULT_SCALE) -> nn.Linear:
+    """The nearest-prototype classifier as an ``nn.Linear`` (see the module docstring)."""
+    cent = np.stack([features[labels == k].mean(0) for k in range(n_classes)]).astype(np.float64)
+    head = nn.Linear(features.shape[1], n_classes)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(2 * scale * cent).float())
+        head.bias.copy_(torch.from_numpy(-scale * (cent ** 2).sum(1)).float())
+    return head
+
+
+def prototype_criterion(n_way: int, k_shot: int, n_query: int, scale: float):
+    """Episode loss for batches laid out by :class:`~transferkit.train.sampler.Episodes`:
+    N*K support embeddings (class-major), then N*Q queries in the same class order."""
+    def criterion(emb: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
+        support, query = emb[:n_way * k_shot], emb[n_way * k_shot:]
+        protos = support.reshape(n_way, k_shot, -1).mean(1)
+        logits = -scale * torch.cdist(query, protos).pow(2)
+        target = torch.arange(n_way, device=emb.device).repeat_interleave(n_query)
+        return nn.functional.cross_entropy(logits, target)
+
+    return criterion
+
+
+def check_episodes(labels: np.ndarray, classes: list[str], n_way: int, k_shot: int,
+                   n_query: int, what: str) -> None:
+    """A clear error when the data cannot fill an N-way K-shot Q-query episode."""
+    if n_way < 2 or k_shot < 1 or n_query < 1:
+        raise ConfigError(f"Episodes need n_way >= 2, k_shot >= 1 and n_query >= 1 (got "
+                          f"{n_way}-way {k_shot}-shot, {n_query} queries).")
+    counts = np.bincount(labels, minlength=len(classes))
+    usable = [c for c, n in zip(classes, counts, strict=True) if n >= k_shot + n_query]
+    if len(usable) < n_way:
+        raise ConfigError(
+            f"{what}: {n_way}-way {k_shot}-shot episodes with {n_query} queries need at least "
+            f"{n_way} classes with {k_shot + n_query} examples each; {len(usable)} of the "
+            f"{len(classes)} classes have that many ({', '.join(usable) or 'none'}). Lower "
+            "--n-way, --k-shot or --n-query, or add classes / examples."
+        )
+
+
+def episode_accuracies(features: np.ndarray, labels: np.ndarray, n_way: int, k_shot: int,
+                       n_query: int, episodes: int, seed: int,
+                       scale: float = DEFAULT_SCALE) -> np.ndarray:
+    """Query accuracy of each of ``episodes`` episodes drawn from precomputed features."""
+    draws = Episodes(labels, n_way, k_shot, n_query, episodes, seed)(0)
+    x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+    crit_target = np.repeat(np.arange(n_way), n_query)
+    out = np.empty(len(draws))
+    for e, idx in enumerate(draws):
+        emb = x[idx]
+        support, query = emb[:n_way * k_shot], emb[n_way * k_shot:]
+        protos = support.reshape(n_way, k_shot, -1).mean(1)
+        pred = torch.cdist(query, protos).argmin(1).numpy()
+        out[e] = float((pred == crit_target).mean())
+    return out
+
+
+def meta_evaluate(features: np.ndarray, labels: np.ndarray, classes: list[str], *,
+                  n_way: int = 5, k_shot: int = 5, n_query: int = 15, episodes: int = 600,
+                  seed: int = 0) -> dict[str, Any]:
+    """N-way K-shot accuracy over ``episodes`` episodes: mean and 95% confidence interval
+    (1.96 standard errors, the convention of the few-shot literature)."""
+    check_episodes(labels, classes, n_way, k_shot, n_query, "meta-eval")
+    acc = episode_accuracies(features, labels, n_way, k_shot, n_query, episodes, seed)
+    return {"accuracy": float(acc.mean()), "ci95": float(1.96 * acc.std(ddof=1)
+                                                         / np.sqrt(len(acc))),
+            "episodes": len(acc), "n_way": n_way, "k_shot": k_shot, "n_query": n_query,
+            "chance": 1.0 / n_way, "classes": classes, "n_examples": len(labels)}
+
+
+@register
+class Protonet(Strategy):
+    """Episodic meta-training of the encoder, then a prototype head over the training classes.
+
+    Options: ``n_way`` (default: min(5, number of classes)), ``k_shot`` (5), ``n_query`` (5),
+    ``episodes`` (100 training episodes), ``scale`` (10), ``meta_train`` (False: raw-feature
+    prototypes, no training), ``valid_episodes`` (episodes on the validation split for early
+    stopping, when there is one), and any training-loop option (``lr`` 5e-5, ``patience``...).
+    """
+
+    name = "protonet"
+
+    def __init__(self, n_way: int | None = None, k_shot: int = 5, n_query: int = 5,
+                 episodes: int = 100, scale: float = DEFAULT_SCALE, meta_train: bool = True,
+                 valid_episodes: int = 100, **train_options: Any) -> None:
+        from dataclasses import fields
+
+        known = {f.name for f in fields(TrainConfig)} - {"epochs", "max_steps"}
+        unknown = set(train_options) - known
+        if unknown:
+            raise ConfigError(
+                f"Unknown option(s) for strategy 'protonet': {', '.join(sorted(unknown))}. "
+                "Known: n_way, k_shot, n_query, episodes, scale, meta_train, valid_episodes, "
+                f"{', '.join(sorted(known))}.")
+        if episodes < 1 or scale <= 0:
+            raise ConfigError("episodes must be >= 1 and scale > 0.")
+        self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
+        self.episodes, self.scale, self.meta_train = episodes, scale, meta_train
+        self.valid_episodes, self.train_options = valid_episodes, train_options
+        TrainConfig(**{"lr": 5e-5, **train_options}).validate()
+
+    def options(self) -> dict[str, Any]:
+        return {"n_way": self.n_way, "k_shot": self.k_shot, "n_query": self.n_query,
+                "episodes": self.episodes, "scale": self.scale, "meta_train": self.meta_train,
+                "valid_episodes": self.valid_episodes, **self.train_options}
+
+    def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
+        from .contrastive import embed
+
+        if data.multilabel:
+            raise ConfigError("protonet needs single-label data (one class per example).")
+        backbone, classes = model.backbone, model.classes
+        labels = label_indices(data.train, classes)
+        n_way = self.n_way or min(5, len(classes))
+        info: dict[str, Any] = {"scale": self.scale, "n_way": n_way, "k_shot": self.k_shot,
+                                "n_query": self.n_query}
+        if self.meta_train:
+            check_episodes(labels, classes, n_way, self.k_shot, self.n_query, data.train.source
+                           or "training data")
+            evaluator = None
+            valid = data.valid
+            if valid is not None and len(valid):
+                v_labels = label_indices(valid, classes)
+                try:
+                    check_episodes(v_labels, classes, n_way, self.k_shot, self.n_query, "valid")
+                except ConfigError:
+                    valid = None
+                if valid is not None:
+                    def evaluator() -> dict[str, float]:
+                        feats = embed(backbone, valid.inputs).numpy()
+                        acc = episode_accuracies(feats, v_labels, n_way, self.k_shot,
+                                                 self.n_query, self.valid_episodes, ctx.seed)
+                        return {"valid_accuracy": float(acc.mean())}
+            options = {"lr": 5e-5, "warmup_ratio": 0.1, "patience": 4, **self.train_options}
+            options.update(epochs=1, metric="accuracy")
+            options.setdefault("eval_every", max(1, self.episodes // 5))
+            cfg = TrainConfig(**options)
+            sampler = Episodes(labels, n_way, self.k_shot, self.n_query, self.episodes,
+                               ctx.seed)
+            encoder = TransferModel(backbone, classes, head=nn.Identity())
+            params = list(backbone.parameters())
+            for p in params:
+                p.requires_grad_(True)
+            result = train(
+                encoder, [ParamGroup(params, cfg.lr, 0, "encoder")], data.train.inputs,
+                labels, None, None, len(classes), cfg, seed=ctx.seed,
+                batch_size=ctx.batch_size, precision=ctx.precision, device=ctx.device,
+                run_dir=ctx.run_dir, checkpoint_dir=ctx.checkpoint_dir, resume=ctx.resume,
+                progress=ctx.progress, sampler=sampler,
+                criterion=prototype_criterion(n_way, self.k_shot, self.n_query, self.scale),
+                evaluator=evaluator,
+            )
+            for p in params:
+                p.requires_grad_(False)
+            backbone.eval()
+            backbone.invalidate_fingerprint()
+            info["meta_train"] = {k: result[k] for k in (
+                "steps", "best_step", "best_valid", "stopped_early", "precision",
+                "train_seconds")}
+            info["meta_train"]["lr"] = cfg.lr
+        feats = ctx.features(model, data.train, "features: prototypes")
+        model.head = prototype_head(feats, labels, len(classes), self.scale)
+        return info
+
+
+def read_labelled(source: str, classes: list[str] | None = None, *,
+                  text_column: str | None = None, label_column: str | None = None,
+                  split: str = "train") -> Examples:
+    """Labelled single-label examples of ``source`` (its ``split`` when it has several), bad
+    rows dropped, only ``classes`` kept when given: the input of meta-train and meta-eval."""
+    from ..data import DataReport, pick_split, read_source
+    from ..data.validate import clean_rows
+
+    examples = clean_rows(pick_split(source, read_source(source, text_column, label_column),
+                                     split), DataReport(), True)
+    if examples.labels is None or not len(examples):
+        raise ConfigError(f"{source}: no labelled examples found.")
+    if classes:
+        found = set(examples.labels)
+        missing = sorted(set(classes) - found)
+        if missing:
+            raise ConfigError(f"--classes names {', '.join(missing)}, not in {source}; its "
+                              f"classes are: {', '.join(sorted(found))}.")
+        wanted = set(classes)
+        examples = examples.subset([i for i, y in enumerate(examples.labels) if y in wanted])
+    return examples
+
+
+def meta_train_data(source: str, classes: list[str] | None = None, *,
+                    valid: str | None = None, per_class: int | None = None, seed: int = 0,
+                    text_column: str | None = None, label_column: str | None = None
+                    ) -> Dataset:
+    """The base classes of ``source`` (all of them when ``classes`` is empty) as a Dataset:
+    every example trains (meta-evaluation is on other classes), optional label budget."""
+    from ..data.examples import DataReport
+    from ..data.split import per_class_budget
+
+    train_ex = read_labelled(source, classes, text_column=text_column,
+                             label_column=label_column)
+    report = DataReport()
+    if per_class is not None:
+        train_ex = per_class_budget(train_ex, per_class, seed, report)
+    valid_ex = read_labelled(valid, classes, text_column=text_column,
+                             label_column=label_column, split="valid") if valid else None
+    found = sorted(set(train_ex.labels or []))
+    return Dataset(train=train_ex, test=train_ex.subset([]), classes=found, valid=valid_ex,
+                   report=report)

@@ -39,7 +39,10 @@ def contrastive_criterion(loss: str, margin: float = 0.25):
     backbone and the batching, sentence-transformers the objective. Triplet losses use
     cosine distance with SetFit's margin, which suits unit-norm sentence embeddings.
     """
-    from sentence_transformers import losses as st
+    try:  # sentence-transformers >= 6 moved the losses; the old path warns there
+        from sentence_transformers.sentence_transformer import losses as st
+    except ImportError:
+        from sentence_transformers import losses as st
 
     if loss not in LOSSES:
         raise ConfigError(f"Unknown contrastive loss '{loss}'. Choose one of: "

@@ -28,6 +28,7 @@ bench: setup
 	cd benchmarks && ../$(BIN)/python extract.py
 	cd benchmarks && ../$(BIN)/python finetune.py
 	cd benchmarks && ../$(BIN)/python finetune.py --prefix --epochs 3
+	cd benchmarks && ../$(BIN)/python onnx_engine.py
 	cd benchmarks && ../$(BIN)/python serve.py
 	$(BIN)/pip install --quiet -e '.[bench]'
 	cd benchmarks && ../$(BIN)/python fewshot.py --seeds 5,2

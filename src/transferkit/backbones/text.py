@@ -162,6 +162,12 @@ def load_text_backbone(
     settings.update(sentence_transformers_settings(directory))
     settings.update(_read_json(directory / BACKBONE_FILE))
     model_dir = directory / settings.get("subdir", "")
+    # A folder transferkit wrote leaves out the unused pooler on purpose: transformers' load
+    # report would print it as MISSING on every load, so it is quiet for those folders only.
+    report_logger = hf_logging.get_logger("transformers.utils.loading_report")
+    level = report_logger.level
+    if (directory / BACKBONE_FILE).is_file():
+        report_logger.setLevel(hf_logging.ERROR)
     try:
         config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
         model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
@@ -172,6 +178,8 @@ def load_text_backbone(
             f"{directory} is not a loadable transformers model ({e}). It needs config.json, "
             "*.safetensors weights and tokenizer files."
         ) from e
+    finally:
+        report_logger.setLevel(level)
     is_decoder = any(a.endswith(_DECODER_SUFFIXES) for a in (config.architectures or []))
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # BERT's pooler is unused by every pooling here; keep it out of DDP

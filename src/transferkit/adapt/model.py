@@ -52,9 +52,7 @@ class TransferModel(nn.Module):
 
     def labels_from_proba(self, proba: np.ndarray) -> list[str]:
         """Label names; multi-label sets are joined with the training data's delimiter."""
-        if not self.multilabel:
-            return [self.classes[i] for i in proba.argmax(axis=1)]
-        thr = np.asarray(self.thresholds or [0.5] * len(self.classes))
-        sep = self.delimiter or "|"
-        return [sep.join(c for c, on in zip(self.classes, row >= thr, strict=True) if on)
-                for row in proba]
+        from ..labels import label_names
+
+        return label_names(proba, self.classes, multilabel=self.multilabel,
+                           thresholds=self.thresholds, delimiter=self.delimiter)

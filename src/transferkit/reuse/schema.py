@@ -89,16 +89,8 @@ def read_config(directory: str | Path) -> ArtifactConfig:
 
 
 def labels_from_proba(config: ArtifactConfig, proba: Any) -> list[str]:
-    """Label names from probabilities; multi-label sets joined with the training delimiter.
+    """Label names from probabilities, by the one rule in :mod:`transferkit.labels`."""
+    from ..labels import label_names
 
-    Needs only numpy, so the torch and ONNX engines share it (one rule for both)."""
-    import numpy as np
-
-    proba = np.asarray(proba)
-    classes = config.labels
-    if not config.multilabel:
-        return [classes[i] for i in proba.argmax(axis=1)]
-    thr = np.asarray(config.thresholds or [0.5] * len(classes))
-    sep = config.label_delimiter or "|"
-    return [sep.join(c for c, on in zip(classes, row >= thr, strict=True) if on)
-            for row in proba]
+    return label_names(proba, config.labels, multilabel=config.multilabel,
+                       thresholds=config.thresholds, delimiter=config.label_delimiter)

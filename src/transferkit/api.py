@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._io import make_temp_dir, write_json, write_text
+from ._io import make_temp_dir, ordinary_permissions, write_json, write_text
 from .adapt import FitContext, TransferModel, get_strategy, label_indices
 from .backbones import Backbone, load_backbone
 from .config import FitConfig, dump_yaml
@@ -412,6 +412,7 @@ def study(
     out: str | Path = "runs/study", epochs: int = 2, text_column: str | None = None,
     label_column: str | None = None, image_size: int | None = None, precision: str = "auto",
     batch_size: int = 32, seed: int = 0, overwrite: bool = False,
+    strategy_options: dict[str, dict[str, Any]] | None = None,
     progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Measure what transfer saves on your data: every strategy at every label budget, for
@@ -427,10 +428,12 @@ def study(
         strategies=[s.strip() for s in strategies.split(",")] if isinstance(strategies, str)
         else list(strategies),
         seeds=[seed + i for i in range(seeds)], backbone=backbone, epochs=epochs,
-        batch_size=batch_size, precision=precision, image_size=image_size)
+        batch_size=batch_size, precision=precision, image_size=image_size,
+        strategy_options=dict(strategy_options or {}))
     identity = {"data": data.train.fingerprint() + data.test.fingerprint(),
                 "backbone": backbone, "epochs": epochs, "image_size": image_size,
-                "precision": precision, "batch_size": batch_size}
+                "precision": precision, "batch_size": batch_size,
+                "strategy_options": plan.strategy_options}
     marker = out / "study_identity.json"
     if marker.is_file() and not overwrite:
         import json
@@ -445,3 +448,86 @@ def study(
     out.mkdir(parents=True, exist_ok=True)
     write_json(marker, identity)
     return run_study(data, plan, out, progress)
+
+
+def pretrain(corpus: str | Path | list[str | Path], *, out: str | Path = "runs/pretrained",
+             progress: Progress | None = None, **options: Any) -> dict[str, Any]:
+    """Self-supervised pretraining on unlabelled data; returns the run's summary.
+
+    Text: continued masked-LM from ``source`` (any encoder ``load_backbone`` resolves), or
+    ``scratch=True`` with ``size`` tiny|mini|small and a WordPiece tokenizer trained on the
+    corpus. Images (``modality="image"``): SimCLR on ``source`` (pretrained weights, or the
+    architecture with random weights when ``scratch=True``). Every option is a
+    ``PretrainConfig`` field. ``out`` becomes a backbone folder: ``Classifier(out)``,
+    ``fit --backbone OUT`` and the rest accept it."""
+    from .config import PretrainConfig
+
+    sources = [str(c) for c in (corpus if isinstance(corpus, list) else [corpus])]
+    try:
+        config = PretrainConfig(corpus=sources, out=str(out), **options)
+    except ValueError as e:  # pydantic: a bad option value or an unknown option
+        raise ConfigError(f"Invalid pretraining option: {e}") from e
+    return pretrain_run(config, progress)
+
+
+def pretrain_run(config: Any, progress: Progress | None = None) -> dict[str, Any]:
+    """Everything ``transferkit pretrain`` does: corpus -> objective -> backbone folder."""
+    from .pretrain.corpus import read_corpus
+
+    if config.modality == "text" and config.scratch == bool(config.source):
+        raise ConfigError("Text pretraining needs exactly one of --from BACKBONE (continue "
+                          "pretraining it) or --scratch --size tiny|mini|small.")
+    if config.modality == "image" and not config.source:
+        raise ConfigError("Image pretraining needs --from: a timm name or backbone (with "
+                          "--scratch, only its architecture is used, with random weights).")
+    start = time.perf_counter()
+    items, report = read_corpus(config.corpus, config.modality, config.text_column)
+    seed_everything(config.seed)
+    device = resolve_device(config.device)
+    out = Path(config.out)
+    # Under `accelerate launch` every rank trains; only rank 0 writes the backbone folder.
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    with staged_output(out, config.overwrite, main_process) as stage:
+        if config.modality == "text":
+            from .pretrain.text import pretrain_text
+
+            summary = pretrain_text(items, config, stage, checkpoint_dir_for(out), progress,
+                                    device)
+        else:
+            from .pretrain.image import pretrain_images
+
+            summary = pretrain_images(items, config, stage, checkpoint_dir_for(out), progress)
+        summary = {"corpus": report, **summary, "total_seconds": time.perf_counter() - start,
+                   "version": __version__, "torch": torch.__version__}
+        if not main_process:
+            return {"out": out, **summary}
+        load_backbone(str(stage))  # the folder must load as a backbone before it is kept
+        write_text(stage / "pretrain.yaml", dump_yaml(config))
+        write_json(stage / "pretrain.json", summary)
+        write_text(stage / "README.md", _pretrain_card(config, summary))
+        ordinary_permissions(stage)  # safetensors writes 0600 files
+    return {"out": out, **summary}
+
+
+def _pretrain_card(config: Any, s: dict[str, Any]) -> str:
+    """The model card of a pretrained backbone folder: what it is, how it was made."""
+    lines = [f"# Backbone pretrained by transferkit {__version__}", "",
+             f"- objective: {s['objective']} ({s.get('kind', '')}, from {s.get('start')})",
+             f"- corpus: {', '.join(config.corpus)} ({s['corpus']['examples']} examples; "
+             f"{s.get('train_texts', s.get('train_images'))} trained on, "
+             f"{s.get('valid_texts', s.get('valid_images'))} held out)",
+             f"- steps: {s['steps']} (best at {s['best_step']}), "
+             f"{'stopped early' if s['stopped_early'] else 'ran to the end'}",
+             f"- training time: {s['train_seconds']:.0f} s, precision {s['precision']}"]
+    for key, label in (("tokens_per_second", "tokens/s"), ("images_per_second", "images/s")):
+        if s.get(key):
+            lines.append(f"- throughput: {s[key]:.0f} {label}")
+    for key in ("valid_perplexity_start", "valid_perplexity_best", "valid_loss_start",
+                "valid_loss_best"):
+        if s.get(key) is not None:
+            lines.append(f"- {key.replace('_', ' ')}: {s[key]:.4g}")
+    lines += ["", "Use it as a backbone:", "", "```",
+              f"transferkit fit DATA --backbone {config.out} --strategy full", "```",
+              "", "Settings: `pretrain.yaml`; measurements: `pretrain.json`; per-step log: "
+              "`train_log.jsonl`."]
+    return "\n".join(lines) + "\n"

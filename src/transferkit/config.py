@@ -48,6 +48,46 @@ class FitConfig(BaseModel):
     resume: bool = False
 
 
+class PretrainConfig(BaseModel):
+    """One self-supervised pretraining run (``transferkit pretrain``); saved as
+    ``pretrain.yaml`` in the output backbone folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    corpus: list[str] = Field(description="unlabelled data: files or folders")
+    out: str = "runs/pretrained"
+    modality: Literal["text", "image"] = "text"
+    source: str | None = None  # --from: backbone to continue (text) or architecture (image)
+    scratch: bool = False  # random initial weights
+    trust_remote_code: bool = False  # run code shipped with --from (explicit only)
+    size: Literal["tiny", "mini", "small"] = "tiny"  # text --scratch: BERT size
+    text_column: str | None = None
+    tokenizer: str | None = None  # text --scratch: reuse this tokenizer instead of training one
+    vocab_size: int = Field(default=8000, ge=100)  # text --scratch: WordPiece vocabulary
+    lowercase: bool = True  # text --scratch tokenizer
+    max_length: int = Field(default=128, ge=8)
+    mlm_probability: float = Field(default=0.15, gt=0, lt=1)
+    whole_word: bool = False
+    image_size: int | None = Field(default=None, ge=16)
+    temperature: float = Field(default=0.2, gt=0)  # NT-Xent
+    epochs: int = Field(default=3, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    lr: float | None = Field(default=None, gt=0)  # None: the objective's default
+    batch_size: int | None = Field(default=None, ge=2)  # None: the objective's default
+    warmup_ratio: float = Field(default=0.06, ge=0, lt=1)
+    weight_decay: float = Field(default=0.01, ge=0)
+    eval_every: int | None = Field(default=None, ge=1)  # None: about 10 evaluations a run
+    patience: int | None = Field(default=3, ge=1)
+    valid_fraction: float = Field(default=0.05, ge=0, lt=1)
+    valid_max: int = Field(default=2000, ge=1)  # held-out examples at most (evaluation cost)
+    checkpoint_every: int | None = Field(default=None, ge=1)
+    seed: int = 0
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    device: str = "auto"
+    overwrite: bool = False
+    resume: bool = False
+
+
 def _normalise_keys(raw: dict[str, Any]) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in raw.items()}
 
@@ -78,5 +118,5 @@ def build_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> Fit
         raise ConfigError(f"Invalid configuration: {problems}.") from e
 
 
-def dump_yaml(config: FitConfig) -> str:
+def dump_yaml(config: BaseModel) -> str:
     return yaml.safe_dump(config.model_dump(), sort_keys=False, allow_unicode=True)

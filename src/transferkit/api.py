@@ -496,7 +496,8 @@ def pretrain_run(config: Any, progress: Progress | None = None) -> dict[str, Any
         else:
             from .pretrain.image import pretrain_images
 
-            summary = pretrain_images(items, config, stage, checkpoint_dir_for(out), progress)
+            summary = pretrain_images(items, config, stage, checkpoint_dir_for(out), progress,
+                                      device)
         summary = {"corpus": report, **summary, "total_seconds": time.perf_counter() - start,
                    "version": __version__, "torch": torch.__version__}
         if not main_process:

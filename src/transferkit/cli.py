@@ -524,13 +524,17 @@ def pretrain(
                           ] = False,
     mlm_probability: Annotated[float, Opt(help="Share of tokens masked.")] = 0.15,
     max_length: Annotated[int, Opt(help="Text: tokens per example.")] = 128,
-    image_size: Annotated[int | None, Opt(help="Images: resolution.")] = None,
+    image_size: Annotated[int | None, Opt(help="Images: resolution (--scratch: 32; else the "
+                                               "backbone's own).")] = None,
     temperature: Annotated[float, Opt(help="Images: NT-Xent temperature.")] = 0.2,
     epochs: Annotated[int, Opt(help="Passes over the corpus.")] = 3,
     max_steps: Annotated[int | None, Opt(help="Stop after this many optimizer steps.")] = None,
     lr: Annotated[float | None, Opt(help="Peak learning rate (text: 5e-5 continued, 5e-4 "
-                                         "scratch).")] = None,
-    batch_size: Annotated[int | None, Opt(help="Examples per step.")] = None,
+                                         "scratch; images: 1e-4 continued, 1e-3 scratch).")
+                  ] = None,
+    batch_size: Annotated[int | None, Opt(help="Examples per step (text: 32 continued, 64 "
+                                                "scratch; images: 64 continued, 128 scratch)."
+                                           )] = None,
     eval_every: Annotated[int | None, Opt(help="Held-out evaluation every N steps "
                                                "[about 10 a run].")] = None,
     patience: Annotated[int | None, Opt(help="Evaluations without improvement before "

@@ -20,7 +20,6 @@ its (fixed-seed) views inside ``torch.random.fork_rng`` and never moves that gen
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +32,13 @@ from ..data.examples import IMAGE
 from ..errors import ConfigError
 from .common import holdout, run_objective
 
-# Defaults for a small model on 2 CPU cores (measured here, resnet10t at 32 px: ~130
-# images/s, i.e. ~260 views/s forward + backward). lr 1e-3 (AdamW) is the usual small-scale
-# SimCLR setting with Adam-type optimisers for a model trained from random weights; a
-# pretrained backbone continues at 1e-4 so its features are refined, not overwritten.
-# Batch 128 images (256 views, 254 negatives per anchor) is a step of ~2 s here: large
-# enough for NT-Xent at temperature 0.2, small enough for ~350 steps in 12 minutes.
+# Defaults for a small model on 2 CPU cores (measured here, resnet10t at 32 px, batch 128:
+# ~235 images/s, a step of ~0.55 s, with one torch thread; see benchmarks/pretrain_images.py).
+# lr 1e-3 (AdamW) is the usual small-scale SimCLR setting with Adam-type optimisers for a
+# model trained from random weights; a pretrained backbone continues at 1e-4 so its
+# features are refined, not overwritten. Batch 128 images (256 views, 254 negatives per
+# anchor) is large enough for NT-Xent at temperature 0.2 and small enough for a thousand
+# steps in a few minutes.
 # 32 px from scratch (the CIFAR setting SimCLR reports for small images; 28 px MNIST-like
 # inputs lose nothing); a pretrained backbone keeps its own input size unless --image-size
 # is given, because its weights were learnt at that scale (slow on a CPU: pass a size).
@@ -199,12 +199,6 @@ def pretrain_images(images: list[Any], cfg: PretrainConfig, stage: Path, checkpo
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)  # model init and the augmentation stream: same seed, same run
-    if device is None and cfg.device != "auto":
-        try:
-            device = torch.device(cfg.device)
-        except RuntimeError as e:
-            raise ConfigError(f"Unknown device '{cfg.device}': use auto, cpu, cuda or "
-                              "cuda:N.") from e
     backbone, start = _start_backbone(cfg)
     kind = "scratch" if cfg.scratch else "continued"
     lr = cfg.lr or DEFAULTS[kind]["lr"]
@@ -243,9 +237,7 @@ def pretrain_images(images: list[Any], cfg: PretrainConfig, stage: Path, checkpo
     encoder = objective.encoder.cpu().eval()
     encoder.invalidate_fingerprint()
     encoder.save(stage)
-    log = stage / "train_log.jsonl"
-    evals = [e for e in (json.loads(line) for line in log.read_text().splitlines())
-             if "valid_loss" in e] if log.is_file() else []
+    evals = [e for e in result["history"] if "valid_loss" in e]
     best = next((e for e in evals if e["step"] == result["best_step"]), None)
     return {
         "objective": "simclr", "kind": kind, "start": start,
@@ -255,13 +247,12 @@ def pretrain_images(images: list[Any], cfg: PretrainConfig, stage: Path, checkpo
         "temperature": cfg.temperature, "projection_dim": PROJECTION_DIM,
         "lr": lr, "batch_size": batch_size,
         "train_images": len(train_images), "valid_images": len(valid_images),
-        "images_seen": result["units_seen"], "units_per_second": result["units_per_second"],
-        "images_per_second": result["units_per_second"],
+        "images_seen": result["units_seen"], "images_per_second": result["units_per_second"],
         "steps": result["steps"], "planned_steps": min(
             len(sampler(0)) * cfg.epochs, cfg.max_steps or len(sampler(0)) * cfg.epochs),
         "best_step": result["best_step"], "stopped_early": result["stopped_early"],
-        "precision": result["precision"], "seconds": result["train_seconds"],
-        "train_seconds": result["train_seconds"], "eval_seconds": result["eval_seconds"],
+        "precision": result["precision"], "train_seconds": result["train_seconds"],
+        "eval_seconds": result["eval_seconds"],
         "valid_loss_start": evals[0]["valid_loss"] if evals else None,
         "valid_loss_best": result["best_valid"],
         "valid_accuracy_start": evals[0]["valid_accuracy"] if evals else None,

@@ -32,6 +32,12 @@ bench: setup
 	cd benchmarks && ../$(BIN)/python serve.py
 	$(BIN)/pip install --quiet -e '.[bench]'
 	cd benchmarks && ../$(BIN)/python fewshot.py --seeds 5,2
+	cd benchmarks && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/python pretrain_text.py --experiment chinese \
+		--work ../runs/bench-pretrain-zh --epochs 8
+	cd benchmarks && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/python pretrain_text.py --experiment chinese \
+		--work ../runs/bench-pretrain-zh --epochs 2
+	cd benchmarks && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/python pretrain_text.py --experiment english
+	cd benchmarks && ../$(BIN)/python pretrain_images.py
 
 # The transfer study of the README: MiniLM on rotten_tomatoes, 5 budgets x 3 seeds.
 study-demo: setup

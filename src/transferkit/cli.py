@@ -280,8 +280,9 @@ def predict(
 ) -> None:
     """Predict labels and class probabilities for every row of a file."""
     from .reuse.engines import load_engine
-    from .reuse.predict import predict_file
+    from .reuse.predict import predict_file, refuse_existing
 
+    refuse_existing(output, overwrite)
     if support is not None:
         if engine != "torch":
             raise TransferkitError("--support builds prototypes with the torch engine: drop "

@@ -17,6 +17,17 @@ if TYPE_CHECKING:
     from .engines import Engine
 
 
+def refuse_existing(output: str | Path, overwrite: bool) -> Path:
+    """The output path, unless a file is there already and may not be replaced (checked
+    before a model is loaded, so the user does not wait for an error)."""
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ArtifactError(
+            f"{output} already exists. Choose another --output or pass --overwrite."
+        )
+    return output
+
+
 def predict_file(
     engine: Engine, source: str | Path, output: str | Path, *, text_column: str | None = None,
     overwrite: bool = False,
@@ -25,11 +36,7 @@ def predict_file(
     with an empty label and the reason, so the output lines up with the input.
 
     ``engine`` comes from :func:`transferkit.reuse.engines.load_engine` (torch or ONNX)."""
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise ArtifactError(
-            f"{output} already exists. Choose another --output or pass --overwrite."
-        )
+    output = refuse_existing(output, overwrite)
     examples = pick_split(source, read_source(source, text_column=text_column,
                                               require_labels=False), "test")
     usable = clean_rows(examples, DataReport(), require_labels=False)

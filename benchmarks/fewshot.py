@@ -6,7 +6,7 @@ Same body (the bundled MiniLM), same label budgets (transferkit's seeded, strati
 epoch, body lr 2e-5, logistic-regression head), its checkpoints in a temporary folder.
 Wall time = load the body + train + fit the head (prediction not included).
 
-    python benchmarks/fewshot.py [--budgets 8,64] [--seeds 5,2]
+    python benchmarks/fewshot.py [--budgets 8,64] [--seeds 5,2] [--first-seed 0]
                                  [--datasets rotten_tomatoes,sms_spam]
 
 ``--seeds`` gives the seeds per budget (SetFit at 64 per class takes minutes a run).
@@ -70,6 +70,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="5,2", help="seeds per budget, comma-separated")
     ap.add_argument("--datasets", default="rotten_tomatoes,sms_spam")
     ap.add_argument("--name", default="fewshot")
+    ap.add_argument("--first-seed", type=int, default=0,
+                    help="seeds run from here: extend an earlier run with more seeds")
     args = ap.parse_args()
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -84,7 +86,7 @@ def main() -> None:
         for ds in args.datasets.split(","):
             acc = {"ours": [], "peer": []}
             secs = {"ours": [], "peer": []}
-            for seed in range(n_seeds):
+            for seed in range(args.first_seed, args.first_seed + n_seeds):
                 data = load_data(DATA / f"{ds}.train.csv", test=DATA / f"{ds}.test.csv",
                                  per_class=budget, seed=seed)
                 truth = np.asarray(data.test.labels)

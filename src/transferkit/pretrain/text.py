@@ -9,9 +9,10 @@ transformers' collator: 15% of the tokens, 80% of those become ``[MASK]``, 10% a
 token, 10% stay; whole-word masking masks every piece of a word together.
 
 The loss is computed only at masked positions: the vocabulary projection is the most
-expensive layer of a small model (for BERT-tiny, 8000 x 128 against 2 x 12 x 128^2 for its
+expensive layer of a small model (for BERT-tiny, 6,551 x 128 against 2 x 12 x 128^2 for its
 two layers), and applying it to the 15% of positions that have a target instead of to all
-of them made a training step about 2x faster here, for the same loss.
+of them gives the same loss with a 3.2x faster training step (forward + backward, batch
+128 x 60 tokens, bf16: 0.40 s against 1.28 s, measured here with another job on the cores).
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ DEFAULTS = {"continued": {"lr": 5e-5, "batch_size": 32}, "scratch": {"lr": 5e-4,
 
 
 def train_wordpiece(texts: list[str], vocab_size: int, lowercase: bool, max_length: int) -> Any:
-    """A BERT WordPiece tokenizer trained on ``texts``: every character seen at least twice
-    gets an entry (``limit_alphabet`` is raised from its default 1000, which would turn most
-    Chinese characters into ``[UNK]``)."""
+    """A BERT WordPiece tokenizer trained on ``texts``: every character gets an entry, up to
+    the vocabulary size (``limit_alphabet`` is raised from its default 1000, which would turn
+    most Chinese characters into ``[UNK]``); merges need a pair seen at least twice."""
     from tokenizers import BertWordPieceTokenizer
     from transformers import BertTokenizer
 
@@ -187,8 +188,9 @@ def perplexity(objective: MaskedLMObjective, batches: list[dict[str, torch.Tenso
 
 def scratch_tokenizer(cfg: PretrainConfig, texts: list[str], checkpoint_dir: Path) -> Any:
     """``--tokenizer`` if given; else the one an interrupted run trained (kept beside its
-    checkpoints); else a new one. ``tokenizers`` breaks frequency ties at the vocabulary cut
-    in arbitrary order, so retraining could change a few rare entries and their ids: a
+    checkpoints); else a new one. ``tokenizers`` does not learn the same vocabulary twice
+    (3 of 4 trainings on the same texts differed from the first here; frequency ties at the
+    cut are the likely cause), so retraining could change rare entries and their ids: a
     resumed run must reuse the interrupted run's tokenizer to continue it exactly."""
     from transformers import AutoTokenizer
 

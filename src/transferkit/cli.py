@@ -518,6 +518,8 @@ def pretrain(
     size: Annotated[str, Opt(help="Text --scratch: BERT size tiny (2x128), mini (4x256) or "
                                   "small (4x512).")] = "tiny",
     vocab_size: Annotated[int, Opt(help="Text --scratch: WordPiece vocabulary size.")] = 8000,
+    tokenizer: Annotated[str | None, Opt(help="Text --scratch: use this tokenizer (a folder) "
+                                              "instead of training one.")] = None,
     cased: Annotated[bool, Opt("--cased", help="Text --scratch: keep case in the tokenizer.")
                      ] = False,
     text_column: Annotated[str | None, Opt(help="Text column of table files.")] = None,
@@ -537,11 +539,13 @@ def pretrain(
                                                 "scratch; images: 64 continued, 128 scratch)."
                                            )] = None,
     eval_every: Annotated[int | None, Opt(help="Held-out evaluation every N steps "
-                                               "[about 10 a run].")] = None,
+                                               "(default: about 10 a run).")] = None,
     patience: Annotated[int | None, Opt(help="Evaluations without improvement before "
                                              "stopping.")] = 3,
     valid_fraction: Annotated[float, Opt(help="Share of the corpus held out (at most "
                                               "--valid-max examples).")] = 0.05,
+    valid_max: Annotated[int, Opt(help="Held-out examples at most (evaluation cost).")
+                         ] = 2000,
     checkpoint_every: Annotated[int | None, Opt(help="Checkpoint every N steps (resume with "
                                                      "--resume).")] = None,
     seed: Annotated[int, Opt(help="Seed for the held-out split, masking and init.")] = 0,

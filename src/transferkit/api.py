@@ -432,8 +432,9 @@ def study(
         strategy_options=dict(strategy_options or {}))
     identity = {"data": data.train.fingerprint() + data.test.fingerprint(),
                 "backbone": backbone, "epochs": epochs, "image_size": image_size,
-                "precision": precision, "batch_size": batch_size,
-                "strategy_options": plan.strategy_options}
+                "precision": precision, "batch_size": batch_size}
+    if plan.strategy_options:  # only when set: studies made before the option still resume
+        identity["strategy_options"] = plan.strategy_options
     marker = out / "study_identity.json"
     if marker.is_file() and not overwrite:
         import json

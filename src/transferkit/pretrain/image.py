@@ -165,10 +165,6 @@ def _start_backbone(cfg: PretrainConfig) -> tuple[Any, str]:
     from ..backbones import load_backbone
     from ..backbones.vision import VisionBackbone, create_timm_backbone
 
-    if not cfg.source:
-        raise ConfigError("Image pretraining needs a model: --from a timm name, alias or "
-                          "backbone folder to continue, or --scratch --from ARCHITECTURE "
-                          "(e.g. resnet10t) to start from random weights.")
     if cfg.scratch:
         size = cfg.image_size or DEFAULTS["scratch"]["image_size"]
         torch.manual_seed(cfg.seed)
@@ -196,9 +192,6 @@ def pretrain_images(images: list[Any], cfg: PretrainConfig, stage: Path, checkpo
     at most ``valid_max``). ``stage`` receives ``train_log.jsonl`` and the backbone (weights
     as safetensors + ``transferkit_backbone.json``, no projection head), which
     ``load_backbone(stage)`` and every ``--backbone`` accept. Defaults: see ``DEFAULTS``."""
-    from accelerate.utils import set_seed
-
-    set_seed(cfg.seed)  # model init and the augmentation stream: same seed, same run
     backbone, start = _start_backbone(cfg)
     kind = "scratch" if cfg.scratch else "continued"
     lr = cfg.lr or DEFAULTS[kind]["lr"]

@@ -123,11 +123,12 @@ class MaskedLMInputs:
         return batch
 
 
-def prediction_head(mlm: nn.Module) -> nn.Module | None:
-    """The MLM head as one module that maps hidden states to vocabulary logits (BERT's
-    ``cls``, RoBERTa's ``lm_head``), or None where it is split up (then the full forward)."""
+def prediction_head(mlm: nn.Module) -> str | None:
+    """The name of the MLM head, where it is one module mapping hidden states to vocabulary
+    logits (BERT's ``cls``, RoBERTa's ``lm_head``); None where it is split up (then the
+    full forward runs)."""
     base = mlm.base_model
-    heads = [m for name, m in mlm.named_children() if m is not base]
+    heads = [name for name, m in mlm.named_children() if m is not base]
     return heads[0] if len(heads) == 1 else None
 
 
@@ -135,18 +136,19 @@ class MaskedLMObjective(nn.Module):
     def __init__(self, mlm: nn.Module, inputs: MaskedLMInputs) -> None:
         super().__init__()
         self.mlm = mlm
+        self.head_name = prediction_head(mlm)  # a name: the module stays registered once
         self.backbone = inputs  # the loop's input protocol (not a module)
         self.units_seen = 0
 
     def masked_logits(self, labels: torch.Tensor, **inputs: torch.Tensor
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and targets of the masked positions only."""
-        head = prediction_head(self.mlm)
         picked = labels != -100
-        if head is None:
+        if self.head_name is None:
             logits = self.mlm(**inputs).logits
             return logits[picked].float(), labels[picked]
         hidden = self.mlm.base_model(**inputs).last_hidden_state
+        head = getattr(self.mlm, self.head_name)
         return head(hidden[picked]).float(), labels[picked]
 
     def forward(self, labels: torch.Tensor, **inputs: torch.Tensor) -> torch.Tensor:

@@ -39,7 +39,7 @@ def fitted_run(small_csvs, tmp_path_factory):
     config.write_text(f"train: {small_csvs / 'train.csv'}\ntext-column: message\n"
                       "label_column: kind\nseed: 3\n")
     r = run_cli("fit", "--config", config, "--test", small_csvs / "test.csv", "--backbone",
-                "minilm", "--out", out, "--baseline")
+                "minilm", "--out", out, "--baseline", "--option", "Cs=5")
     assert r.returncode == 0, r.stderr
     assert "report:" in r.stdout and "TF-IDF" in r.stdout
     return out
@@ -55,6 +55,7 @@ def test_fit_writes_a_complete_run_folder(fitted_run):
     assert metrics["accuracy"] > 0.9 and metrics["n"] == 150
     run_yaml = (fitted_run / "run.yaml").read_text()
     assert "text_column: message" in run_yaml and "seed: 3" in run_yaml  # resolved config
+    assert "Cs: 5" in run_yaml  # --option reached the strategy
     html = (fitted_run / "report.html").read_text()
     assert "data:image/png;base64," in html  # self-contained
     assert "accuracy" in (fitted_run / "README.md").read_text()
@@ -112,6 +113,9 @@ def test_user_errors_exit_2_without_traceback(small_csvs, tmp_path):
                            "--out", tmp_path / "z")
     assert bad_backbone.returncode == 2 and "Tried" in bad_backbone.stderr
     assert not (tmp_path / "z").exists()  # a failed run leaves nothing behind
+    bad_option = run_cli("fit", small_csvs / "train.csv", "--option", "Cs5", "--out",
+                         tmp_path / "w")
+    assert bad_option.returncode == 2 and "KEY=VALUE" in bad_option.stderr
 
 
 def test_models_lists_aliases_and_where_they_resolve():

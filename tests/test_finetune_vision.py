@@ -53,3 +53,27 @@ def test_augmentation_is_used_only_for_training():
     d = backbone.collate([image])["pixel_values"]
     assert not torch.equal(a, b)  # random crops / flips differ
     torch.testing.assert_close(c, d)
+
+
+def test_image_contrastive_tunes_on_two_views_and_never_ends_below_its_start(fmnist_small):
+    """Images hold out 20% of train for phase 1 (augmentation makes tuning riskier); the
+    untuned start is scored too, so the kept encoder is never worse on it than the start."""
+    from transferkit.adapt.contrastive import centroid_accuracy, embed, label_groups
+    from transferkit.adapt.finetune import _train_valid
+    from transferkit.backbones import load_backbone
+
+    backbone = load_backbone("efficientnet_lite0", image_size=64)
+    pristine = {k: v.clone() for k, v in backbone.state_dict().items()}
+    train, valid = _train_valid(fmnist_small, 0.2, 0)  # the split phase 1 makes at seed 0
+    groups, group_of = label_groups(train)
+    start = centroid_accuracy(embed(backbone.eval(), train.inputs), groups,
+                              embed(backbone, valid.inputs), label_groups(valid, group_of)[0])
+    clf = Classifier(backbone, "contrastive", batch_size=16, cache=False, strategy_options={
+        "pair_batch": 16, "max_steps": 6, "eval_every": 2, "lr": 1e-4}).fit(fmnist_small)
+    phase1 = clf.fit_info["phase1"]
+    assert phase1["n_valid"] == len(valid) == 32 and phase1["steps"] <= 6
+    assert phase1["best_valid"] >= start
+    changed = any(not torch.equal(pristine[k], v) for k, v in
+                  clf.model.backbone.state_dict().items() if v.is_floating_point())
+    assert changed == (phase1["best_step"] > 0)  # best weights kept, the start if it won
+    assert clf.evaluate(fmnist_small)["accuracy"] > 0.6  # 3 classes: chance is 0.33

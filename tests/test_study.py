@@ -61,6 +61,15 @@ def test_other_data_in_the_same_folder_is_refused(small_study, data_dir):
               seeds=1, out=out)
 
 
+def test_options_for_a_strategy_the_study_does_not_run_are_refused(data_dir, tmp_path):
+    from transferkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="contrastiv,.*probe"):
+        study(data_dir / "rotten_tomatoes.test.csv", budgets="8", strategies="probe", seeds=1,
+              out=tmp_path / "s", strategy_options={"contrastiv": {"loss": "batch_hard"}})
+    assert not (tmp_path / "s").exists()
+
+
 def test_labels_to_reach_interpolates_on_a_log_axis():
     assert labels_to_reach([8, 32, 128], [0.5, 0.7, 0.9], 0.8) == pytest.approx(64)
     assert labels_to_reach([8, 32], [0.5, 0.6], 0.9) is None

@@ -430,6 +430,10 @@ def study(
         seeds=[seed + i for i in range(seeds)], backbone=backbone, epochs=epochs,
         batch_size=batch_size, precision=precision, image_size=image_size,
         strategy_options=dict(strategy_options or {}))
+    stray = sorted(set(plan.strategy_options) - set(plan.strategies))
+    if stray:
+        raise ConfigError(f"strategy_options name {', '.join(stray)}, which this study does not "
+                          f"run (its strategies: {', '.join(plan.strategies)}).")
     identity = {"data": data.train.fingerprint() + data.test.fingerprint(),
                 "backbone": backbone, "epochs": epochs, "image_size": image_size,
                 "precision": precision, "batch_size": batch_size}

@@ -102,6 +102,10 @@ def fit(
                                rich_help_panel="Fine-tuning")] = False,
     log_with: Annotated[str | None, Opt(help="Experiment tracker, e.g. tensorboard.",
                                         rich_help_panel="Fine-tuning")] = None,
+    option: Annotated[list[str] | None, Opt(
+        "--option", "-o", help="Any other strategy option as KEY=VALUE, repeatable, e.g. "
+        "-o loss=batch_hard -o pair_batch=16 (contrastive), -o k_shot=8 (protonet).",
+        rich_help_panel="Fine-tuning")] = None,
     overwrite: Annotated[bool | None, Opt(
         "--overwrite", help="Replace an existing --out folder (only once the run succeeded).")
     ] = None,
@@ -129,7 +133,8 @@ def fit(
         checkpoint_every=checkpoint_every, r=lora_r, alpha=lora_alpha,
         merge=True if merge else None, log_with=log_with,
     )
-    given = {k: v for k, v in strategy_flags.items() if v is not None}
+    given = {**parse_options(option), **{k: v for k, v in strategy_flags.items()
+                                         if v is not None}}
     if given:
         cli_values["strategy_options"] = {**(file_values.get("strategy_options") or {}), **given}
     if resume:
@@ -139,6 +144,29 @@ def fit(
     cfg = build_config(file_values, cli_values)
     result = _with_progress(lambda progress: fit_run(cfg, progress))
     _print_result(result)
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["loss=batch_hard", "lr=1e-4"]`` -> ``{"loss": "batch_hard", "lr": 0.0001}``.
+
+    Values are read as YAML scalars (numbers, true/false, null), with one fix: YAML 1.1
+    reads ``1e-4`` (no dot) as a string, and learning rates are written that way."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise TransferkitError(f"--option '{pair}' is not KEY=VALUE; write e.g. "
+                                   "--option loss=batch_hard.")
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        options[key.strip().replace("-", "_")] = value
+    return options
 
 
 def _with_progress(job: Any) -> Any:
@@ -210,18 +238,28 @@ def study_command(
     label_column: Annotated[str | None, Opt(help="Label column.")] = None,
     image_size: Annotated[int | None, Opt(help="Image resolution for the backbone.")] = None,
     batch_size: Annotated[int, Opt(help="Batch size.")] = 32,
+    option: Annotated[list[str] | None, Opt(
+        "--option", "-o", help="A strategy's option as STRATEGY.KEY=VALUE, repeatable, e.g. "
+        "-o contrastive.loss=batch_hard -o lora.r=16.")] = None,
     overwrite: Annotated[bool, Opt("--overwrite", help="Discard an existing study folder.")
                          ] = False,
 ) -> None:
     """Measure how many labels, how much time and compute transfer saves over scratch."""
     from .api import study
 
+    per_strategy: dict[str, dict[str, Any]] = {}
+    for key, value in parse_options(option).items():
+        name, dot, field = key.partition(".")
+        if not dot or not field:
+            raise TransferkitError(f"--option '{key}=...' names no strategy; write "
+                                   f"STRATEGY.KEY=VALUE, e.g. --option contrastive.{key}=...")
+        per_strategy.setdefault(name, {})[field] = value
     try:
         summary = _with_progress(lambda progress: study(
             train, test=test, backbone=backbone, budgets=budgets, strategies=strategies,
             seeds=seeds, out=out_dir, epochs=epochs, text_column=text_column,
             label_column=label_column, image_size=image_size, batch_size=batch_size,
-            overwrite=overwrite, progress=progress))
+            strategy_options=per_strategy or None, overwrite=overwrite, progress=progress))
     except KeyboardInterrupt:
         console.print(f"interrupted: finished cells are saved in {out_dir}/cells; run the "
                       "same command again to continue.")

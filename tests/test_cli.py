@@ -116,6 +116,9 @@ def test_user_errors_exit_2_without_traceback(small_csvs, tmp_path):
     bad_option = run_cli("fit", small_csvs / "train.csv", "--option", "Cs5", "--out",
                          tmp_path / "w")
     assert bad_option.returncode == 2 and "KEY=VALUE" in bad_option.stderr
+    unknown = run_cli("fit", small_csvs / "train.csv", "--text-column", "message",
+                      "--label-column", "kind", "-o", "bogus=1", "--out", tmp_path / "v")
+    assert unknown.returncode == 2 and "bogus" in unknown.stderr and "Cs" in unknown.stderr
 
 
 def test_models_lists_aliases_and_where_they_resolve():

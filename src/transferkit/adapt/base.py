@@ -6,6 +6,7 @@ Callers only ever do ``get_strategy(name, options).fit(model, data, ctx)``; a ne
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -97,10 +98,14 @@ def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
         raise ConfigError(
             f"Unknown strategy '{name}'. Available: {', '.join(sorted(STRATEGIES))}."
         )
+    cls = STRATEGIES[name]
     try:
-        return STRATEGIES[name](**(options or {}))
+        return cls(**(options or {}))
     except TypeError as e:
-        raise ConfigError(f"Bad options for strategy '{name}': {e}.") from e
+        known = [p for p in inspect.signature(cls.__init__).parameters
+                 if p != "self" and p not in ("args", "kwargs", "train_options")]
+        raise ConfigError(f"Bad options for strategy '{name}': {e}. Known: "
+                          f"{', '.join(known)}.") from e
 
 
 def label_indices(examples: Examples, classes: list[str]) -> np.ndarray:

@@ -135,7 +135,7 @@ class Contrastive(Strategy):
     def __init__(self, loss: str = "cosine", head: str = "logreg", pair_batch: int = 32,
                  epochs: int | None = None, min_steps: int = 8, max_steps: int | None = None,
                  valid_fraction: float | None = None, margin: float = 0.25,
-                 **train_options: Any) -> None:
+                 freeze_batchnorm: bool = True, **train_options: Any) -> None:
         from .probe import HEADS
 
         if loss not in LOSSES:
@@ -148,13 +148,13 @@ class Contrastive(Strategy):
             raise ConfigError(
                 f"Unknown option(s) for strategy 'contrastive': {', '.join(sorted(unknown))}. "
                 "Known: loss, head, pair_batch, epochs, min_steps, max_steps, valid_fraction, "
-                f"margin, {', '.join(sorted(TRAIN_OPTIONS - {'epochs', 'max_steps'}))}."
+                f"margin, freeze_batchnorm, {', '.join(sorted(TRAIN_OPTIONS - {'epochs', 'max_steps'}))}."
             )
         if pair_batch < 2:
             raise ConfigError("pair_batch must be at least 2 (pairs are formed in a batch).")
         self.loss, self.head, self.pair_batch, self.margin = loss, head, pair_batch, margin
         self.epochs, self.min_steps, self.max_steps = epochs, min_steps, max_steps
-        self.valid_fraction = valid_fraction
+        self.valid_fraction, self.freeze_batchnorm = valid_fraction, freeze_batchnorm
         self.train_options = train_options
         TrainConfig(**{"lr": 1e-4, **train_options}).validate()
 
@@ -162,7 +162,8 @@ class Contrastive(Strategy):
         return {"loss": self.loss, "head": self.head, "pair_batch": self.pair_batch,
                 "epochs": self.epochs, "min_steps": self.min_steps,
                 "max_steps": self.max_steps, "valid_fraction": self.valid_fraction,
-                "margin": self.margin, **self.train_options}
+                "margin": self.margin, "freeze_batchnorm": self.freeze_batchnorm,
+                **self.train_options}
 
     def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
         from .finetune import _train_valid
@@ -204,6 +205,10 @@ class Contrastive(Strategy):
                 return {"valid_accuracy": acc}
 
         encoder = TransferModel(backbone, model.classes, head=nn.Identity())
+        # a few-shot batch of augmented views is a poor estimate of the data's statistics:
+        # batch norm keeps its pretrained running statistics (its affine weights still train)
+        norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+                 ] if self.freeze_batchnorm else []
         params = list(backbone.parameters())
         for p in params:
             p.requires_grad_(True)
@@ -212,7 +217,7 @@ class Contrastive(Strategy):
             None, None, len(group_of), cfg, seed=ctx.seed, batch_size=batch,
             precision=ctx.precision, device=ctx.device, run_dir=ctx.run_dir,
             checkpoint_dir=ctx.checkpoint_dir, resume=ctx.resume, progress=ctx.progress,
-            sampler=sampler, criterion=contrastive_criterion(self.loss, self.margin),
+            frozen_modules=norms, sampler=sampler, criterion=contrastive_criterion(self.loss, self.margin),
             evaluator=evaluator,
         )
         for p in params:

@@ -6,7 +6,7 @@ Same body (the bundled MiniLM), same label budgets (transferkit's seeded, strati
 epoch, body lr 2e-5, logistic-regression head), its checkpoints in a temporary folder.
 Wall time = load the body + train + fit the head (prediction not included).
 
-    python benchmarks/fewshot.py [--budgets 8,64] [--seeds 5,2] [--first-seed 0]
+    python benchmarks/fewshot.py [--budgets 8,64] [--seeds 5,5] [--first-seed 0]
                                  [--datasets rotten_tomatoes,sms_spam]
 
 ``--seeds`` gives the seeds per budget (SetFit at 64 per class takes minutes a run).
@@ -67,7 +67,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--budgets", default="8,64")
-    ap.add_argument("--seeds", default="5,2", help="seeds per budget, comma-separated")
+    ap.add_argument("--seeds", default="5,5", help="seeds per budget, comma-separated")
     ap.add_argument("--datasets", default="rotten_tomatoes,sms_spam")
     ap.add_argument("--name", default="fewshot")
     ap.add_argument("--first-seed", type=int, default=0,

@@ -102,10 +102,32 @@ def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
     try:
         return cls(**(options or {}))
     except TypeError as e:
-        known = [p for p in inspect.signature(cls.__init__).parameters
-                 if p != "self" and p not in ("args", "kwargs", "train_options")]
         raise ConfigError(f"Bad options for strategy '{name}': {e}. Known: "
-                          f"{', '.join(known)}.") from e
+                          f"{', '.join(named_options(cls))}.") from e
+
+
+def named_options(cls: type) -> list[str]:
+    """The named ``__init__`` parameters of a strategy class and its bases, in order."""
+    names: list[str] = []
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass is object:
+            continue
+        for p in inspect.signature(klass.__init__).parameters.values():
+            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) \
+                    and p.name not in names:
+                names.append(p.name)
+    return names
+
+
+def reject_unknown_options(strategy: Strategy, given: dict[str, Any],
+                           allowed: set[str] | frozenset[str]) -> None:
+    """A clear error for options that neither the strategy nor the training loop takes."""
+    unknown = set(given) - set(allowed)
+    if unknown:
+        own = named_options(type(strategy))
+        known = own + sorted(set(allowed) - set(own))
+        raise ConfigError(f"Unknown option(s) for strategy '{strategy.name}': "
+                          f"{', '.join(sorted(unknown))}. Known: {', '.join(known)}.")
 
 
 def label_indices(examples: Examples, classes: list[str]) -> np.ndarray:

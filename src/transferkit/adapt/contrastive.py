@@ -14,7 +14,7 @@ tuned features. Multi-label data work too: examples with the same label set are 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -23,13 +23,12 @@ from torch import nn
 
 from ..data.examples import Dataset, Examples
 from ..errors import ConfigError
-from ..train.loop import ParamGroup, TrainConfig, train
+from ..train.loop import TRAIN_OPTIONS, ParamGroup, TrainConfig, train
 from ..train.sampler import BalancedBatches
-from .base import FitContext, Strategy, register
+from .base import FitContext, Strategy, register, reject_unknown_options
 from .model import TransferModel
 
 LOSSES = ("cosine", "batch_all", "batch_hard", "batch_semi_hard", "batch_hard_soft_margin")
-TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
 
 
 def contrastive_criterion(loss: str, margin: float = 0.25):
@@ -145,14 +144,7 @@ class Contrastive(Strategy):
                               f"{', '.join(LOSSES)}.")
         if head not in HEADS:
             raise ConfigError(f"Unknown head '{head}'. Choose one of: {', '.join(HEADS)}.")
-        unknown = set(train_options) - TRAIN_OPTIONS
-        if unknown:
-            raise ConfigError(
-                f"Unknown option(s) for strategy 'contrastive': {', '.join(sorted(unknown))}. "
-                "Known: loss, head, pair_batch, epochs, min_steps, max_steps, valid_fraction, "
-                "margin, freeze_batchnorm, "
-                f"{', '.join(sorted(TRAIN_OPTIONS - {'epochs', 'max_steps'}))}."
-            )
+        reject_unknown_options(self, train_options, TRAIN_OPTIONS)
         if pair_batch < 2:
             raise ConfigError("pair_batch must be at least 2 (pairs are formed in a batch).")
         self.loss, self.head, self.pair_batch, self.margin = loss, head, pair_batch, margin

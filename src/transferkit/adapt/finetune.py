@@ -9,7 +9,7 @@ in fewer epochs; the probe's features come from the cache, so it costs seconds.
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -18,11 +18,9 @@ from torch import nn
 from ..data.examples import DataReport, Dataset, Examples
 from ..data.split import stratified_split
 from ..errors import ConfigError
-from ..train.loop import ParamGroup, TrainConfig, train
-from .base import FitContext, Strategy, label_indices, register
+from ..train.loop import TRAIN_OPTIONS, ParamGroup, TrainConfig, train
+from .base import FitContext, Strategy, label_indices, register, reject_unknown_options
 from .model import TransferModel
-
-TRAIN_OPTIONS = {f.name for f in fields(TrainConfig)}
 
 
 class FineTuneStrategy(Strategy):
@@ -35,12 +33,7 @@ class FineTuneStrategy(Strategy):
 
     def __init__(self, lr_decay: float | None = None, init_head: str = "probe",
                  valid_fraction: float = 0.1, **train_options: Any) -> None:
-        unknown = set(train_options) - TRAIN_OPTIONS
-        if unknown:
-            raise ConfigError(
-                f"Unknown option(s) for strategy '{self.name}': {', '.join(sorted(unknown))}. "
-                f"Known: lr_decay, init_head, valid_fraction, {', '.join(sorted(TRAIN_OPTIONS))}."
-            )
+        reject_unknown_options(self, train_options, TRAIN_OPTIONS)
         if init_head not in ("probe", "random"):
             raise ConfigError("init_head must be 'probe' or 'random'.")
         if lr_decay is not None and not 0 < lr_decay <= 1:

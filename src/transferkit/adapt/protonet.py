@@ -24,9 +24,9 @@ from torch import nn
 
 from ..data.examples import Dataset, Examples
 from ..errors import ConfigError
-from ..train.loop import ParamGroup, TrainConfig, train
+from ..train.loop import TRAIN_OPTIONS, ParamGroup, TrainConfig, train
 from ..train.sampler import Episodes
-from .base import FitContext, Strategy, label_indices, register
+from .base import FitContext, Strategy, label_indices, register, reject_unknown_options
 from .model import TransferModel
 
 DEFAULT_SCALE = 10.0
@@ -118,15 +118,8 @@ class Protonet(Strategy):
     def __init__(self, n_way: int | None = None, k_shot: int = 5, n_query: int = 5,
                  episodes: int = 100, scale: float = DEFAULT_SCALE, meta_train: bool = True,
                  valid_episodes: int = 100, **train_options: Any) -> None:
-        from dataclasses import fields
-
-        known = {f.name for f in fields(TrainConfig)} - {"epochs", "max_steps"}
-        unknown = set(train_options) - known
-        if unknown:
-            raise ConfigError(
-                f"Unknown option(s) for strategy 'protonet': {', '.join(sorted(unknown))}. "
-                "Known: n_way, k_shot, n_query, episodes, scale, meta_train, valid_episodes, "
-                f"{', '.join(sorted(known))}.")
+        # episodes are the step count: epochs and max_steps would contradict it
+        reject_unknown_options(self, train_options, TRAIN_OPTIONS - {"epochs", "max_steps"})
         if episodes < 1 or scale <= 0:
             raise ConfigError("episodes must be >= 1 and scale > 0.")
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query

@@ -24,7 +24,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,9 @@ class TrainConfig:
             raise ConfigError("epochs and grad_accum must be >= 1 and lr > 0.")
         if self.class_weights not in (None, "balanced"):
             raise ConfigError("class_weights must be 'balanced' or unset.")
+
+
+TRAIN_OPTIONS = frozenset(f.name for f in fields(TrainConfig))  # strategies pass these on
 
 
 @dataclass

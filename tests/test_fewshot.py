@@ -13,7 +13,12 @@ import torch
 
 from transferkit import Classifier, load_data
 from transferkit.adapt.contrastive import label_groups
-from transferkit.adapt.protonet import meta_evaluate, meta_train_data, prototype_head
+from transferkit.adapt.protonet import (
+    meta_evaluate,
+    meta_train_data,
+    prototype_head,
+    softmax_scale,
+)
 from transferkit.errors import ConfigError
 from transferkit.train.sampler import BalancedBatches, Episodes
 
@@ -64,6 +69,9 @@ def test_prototype_head_equals_nearest_centroid():
     assert (logits.argmax(1) == d2.argmin(1)).all()
     ref = torch.softmax(torch.from_numpy(-10.0 * d2), -1).numpy()
     assert np.allclose(torch.softmax(torch.from_numpy(logits), -1).numpy(), ref, atol=1e-4)
+    # the scale is meant for unit norm: larger features get it over their mean squared norm
+    assert softmax_scale(x, 10.0) == pytest.approx(10.0, rel=1e-5)
+    assert softmax_scale(30 * x, 10.0) == pytest.approx(10.0 / 900, rel=1e-5)
 
 
 def test_contrastive_beats_probe_at_8_per_class(data_dir, minilm):

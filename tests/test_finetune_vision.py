@@ -80,3 +80,24 @@ def test_image_contrastive_tunes_on_two_views_and_never_ends_below_its_start(fmn
     # batch norm keeps its pretrained statistics: few-shot augmented batches would skew them
     assert not any(k.endswith(("running_mean", "running_var")) for k in changed)
     assert clf.evaluate(fmnist_small)["accuracy"] > 0.6  # 3 classes: chance is 0.33
+
+
+def test_protonet_episodes_keep_batchnorm_statistics(fmnist_small):
+    """Episodes of a few images skew batch norm's running statistics (on Fashion-MNIST's new
+    classes that cost 5-way 5-shot accuracy: benchmarks/protonet_images.py), so they stay as
+    pretrained by default; the affine weights and the rest of the encoder still train.
+    (With ``freeze_batchnorm=False`` the statistics assertion fails.)"""
+    from transferkit.backbones import load_backbone
+
+    backbone = load_backbone("efficientnet_lite0", image_size=64)
+    pristine = {k: v.clone() for k, v in backbone.state_dict().items()}
+    clf = Classifier(backbone, "protonet", cache=False, strategy_options={
+        "n_way": 3, "k_shot": 2, "n_query": 2, "episodes": 3, "lr": 1e-3}).fit(fmnist_small)
+    changed = {k for k, v in clf.model.backbone.state_dict().items()
+               if v.is_floating_point() and not torch.equal(pristine[k], v)}
+    stats = {k for k in changed if k.endswith(("running_mean", "running_var"))}
+    assert changed - stats  # the encoder trained
+    assert not stats
+    # EfficientNet's features are far from unit norm (squared norms in the thousands): the
+    # softmax scale follows them, or meta-training collapses
+    assert clf.fit_info["scale"] < 0.1

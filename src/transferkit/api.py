@@ -179,7 +179,7 @@ class Classifier:
         on any model's backbone; returns a new Classifier sharing the backbone."""
         import copy
 
-        from .adapt.protonet import DEFAULT_SCALE, prototype_head
+        from .adapt.protonet import prototype_head, softmax_scale
         from .data.validate import clean_rows
 
         model = self._require_model()
@@ -202,7 +202,7 @@ class Classifier:
         if keep_classes and self.strategy.name != "protonet":
             raise ConfigError("keep_classes needs a protonet artifact (its head is made of "
                               "prototypes); other heads cannot be mixed with prototypes.")
-        scale = float(self.fit_info.get("scale", DEFAULT_SCALE))
+        scale = float(self.fit_info.get("scale") or softmax_scale(feats))
         head = prototype_head(feats, labels, len(classes), scale)
         if keep_classes:  # keep the known prototypes the support does not redefine
             keep = [i for i, c in enumerate(model.classes) if c not in set(classes)]

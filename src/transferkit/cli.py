@@ -441,7 +441,9 @@ def meta_train(
     n_query: Annotated[int, Opt(help="Query examples per class and episode.")] = 5,
     episodes: Annotated[int, Opt(help="Training episodes (one optimizer step each).")] = 100,
     lr: Annotated[float, Opt(help="Peak learning rate.")] = 5e-5,
-    scale: Annotated[float, Opt(help="Distance scale of the prototype softmax.")] = 10.0,
+    scale: Annotated[float, Opt(help="Distance scale of the prototype softmax, for unit-norm "
+                                     "features (divided by the mean squared norm otherwise).")
+                     ] = 10.0,
     text_column: Annotated[str | None, Opt(help="Text column.")] = None,
     label_column: Annotated[str | None, Opt(help="Label column.")] = None,
     seed: Annotated[int, Opt(help="Seed for episodes and training.")] = 0,

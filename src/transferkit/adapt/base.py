@@ -130,6 +130,14 @@ def reject_unknown_options(strategy: Strategy, given: dict[str, Any],
                           f"{', '.join(sorted(unknown))}. Known: {', '.join(known)}.")
 
 
+def batchnorm_modules(module: torch.nn.Module) -> list[torch.nn.Module]:
+    """The batch-norm layers of ``module``. Few-shot strategies hand them to the training loop
+    as frozen modules: a batch of a few examples (or augmented views) is a poor estimate of
+    the data's statistics, so they keep their pretrained running statistics (their affine
+    weights still train)."""
+    return [m for m in module.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
 def label_indices(examples: Examples, classes: list[str]) -> np.ndarray:
     """Class indices ``[N]``, or for multi-label data a 0/1 matrix ``[N, K]`` (float32)."""
     index = {c: i for i, c in enumerate(classes)}

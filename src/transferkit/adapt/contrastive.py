@@ -25,7 +25,7 @@ from ..data.examples import Dataset, Examples
 from ..errors import ConfigError
 from ..train.loop import TRAIN_OPTIONS, ParamGroup, TrainConfig, train
 from ..train.sampler import BalancedBatches
-from .base import FitContext, Strategy, register, reject_unknown_options
+from .base import FitContext, Strategy, batchnorm_modules, register, reject_unknown_options
 from .model import TransferModel
 
 LOSSES = ("cosine", "batch_all", "batch_hard", "batch_semi_hard", "batch_hard_soft_margin")
@@ -200,10 +200,7 @@ class Contrastive(Strategy):
                 return {"valid_accuracy": acc}
 
         encoder = TransferModel(backbone, model.classes, head=nn.Identity())
-        # a few-shot batch of augmented views is a poor estimate of the data's statistics:
-        # batch norm keeps its pretrained running statistics (its affine weights still train)
-        norms = [m for m in backbone.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                 ] if self.freeze_batchnorm else []
+        norms = batchnorm_modules(backbone) if self.freeze_batchnorm else []
         params = list(backbone.parameters())
         for p in params:
             p.requires_grad_(True)

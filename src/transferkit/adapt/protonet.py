@@ -11,7 +11,10 @@ s||x||^2`` and the last term is the same for every class, so ``W = 2s c`` and
 ``b = -s||c||^2`` give the same softmax. A protonet therefore saves, exports and serves like
 any other model, and new classes are new rows of the head (``Classifier.with_support``).
 ``scale`` matters: unit-norm embeddings have squared distances in [0, 4], whose unscaled
-softmax is almost flat; without it meta-training made the encoder worse.
+softmax is almost flat; without it meta-training made the encoder worse. It is set for unit
+norm and divided by the features' mean squared norm otherwise (``softmax_scale``), so the
+softmax is as sharp whatever the backbone: EfficientNet-Lite0's pooled features have squared
+norms near 4,600, and scale 10 on them made meta-training collapse to chance.
 """
 
 from __future__ import annotations
@@ -26,7 +29,14 @@ from ..data.examples import Dataset, Examples
 from ..errors import ConfigError
 from ..train.loop import TRAIN_OPTIONS, ParamGroup, TrainConfig, train
 from ..train.sampler import Episodes
-from .base import FitContext, Strategy, label_indices, register, reject_unknown_options
+from .base import (
+    FitContext,
+    Strategy,
+    batchnorm_modules,
+    label_indices,
+    register,
+    reject_unknown_options,
+)
 from .model import TransferModel
 
 DEFAULT_SCALE = 10.0
@@ -41,6 +51,12 @@ def prototype_head(features: np.ndarray, labels: np.ndarray, n_classes: int,
         head.weight.copy_(torch.from_numpy(2 * scale * cent).float())
         head.bias.copy_(torch.from_numpy(-scale * (cent ** 2).sum(1)).float())
     return head
+
+
+def softmax_scale(features: np.ndarray, scale: float = DEFAULT_SCALE) -> float:
+    """``scale`` (meant for unit-norm embeddings) over the mean squared norm of ``features``."""
+    sq = float(np.mean(np.sum(np.square(features, dtype=np.float64), axis=1)))
+    return scale / sq if sq > 0 else scale
 
 
 def prototype_criterion(n_way: int, k_shot: int, n_query: int, scale: float):
@@ -108,16 +124,20 @@ class Protonet(Strategy):
     """Episodic meta-training of the encoder, then a prototype head over the training classes.
 
     Options: ``n_way`` (default: min(5, number of classes)), ``k_shot`` (5), ``n_query`` (5),
-    ``episodes`` (100 training episodes), ``scale`` (10), ``meta_train`` (False: raw-feature
+    ``episodes`` (100 training episodes), ``scale`` (10, for unit-norm features: see
+    ``softmax_scale``; the one used is in ``fit_info``), ``meta_train`` (False: raw-feature
     prototypes, no training), ``valid_episodes`` (episodes on the validation split for early
-    stopping, when there is one), and any training-loop option (``lr`` 5e-5, ``patience``...).
+    stopping, when there is one), ``freeze_batchnorm`` (True: batch norm keeps its pretrained
+    running statistics while episodes train), and any training-loop option (``lr`` 5e-5,
+    ``patience``...).
     """
 
     name = "protonet"
 
     def __init__(self, n_way: int | None = None, k_shot: int = 5, n_query: int = 5,
                  episodes: int = 100, scale: float = DEFAULT_SCALE, meta_train: bool = True,
-                 valid_episodes: int = 100, **train_options: Any) -> None:
+                 valid_episodes: int = 100, freeze_batchnorm: bool = True,
+                 **train_options: Any) -> None:
         # episodes are the step count: epochs and max_steps would contradict it
         reject_unknown_options(self, train_options, TRAIN_OPTIONS - {"epochs", "max_steps"})
         if episodes < 1 or scale <= 0:
@@ -125,12 +145,14 @@ class Protonet(Strategy):
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
         self.episodes, self.scale, self.meta_train = episodes, scale, meta_train
         self.valid_episodes, self.train_options = valid_episodes, train_options
+        self.freeze_batchnorm = freeze_batchnorm
         TrainConfig(**{"lr": 5e-5, **train_options}).validate()
 
     def options(self) -> dict[str, Any]:
         return {"n_way": self.n_way, "k_shot": self.k_shot, "n_query": self.n_query,
                 "episodes": self.episodes, "scale": self.scale, "meta_train": self.meta_train,
-                "valid_episodes": self.valid_episodes, **self.train_options}
+                "valid_episodes": self.valid_episodes, "freeze_batchnorm": self.freeze_batchnorm,
+                **self.train_options}
 
     def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
         from .contrastive import embed
@@ -140,9 +162,14 @@ class Protonet(Strategy):
         backbone, classes = model.backbone, model.classes
         labels = label_indices(data.train, classes)
         n_way = self.n_way or min(5, len(classes))
-        info: dict[str, Any] = {"scale": self.scale, "n_way": n_way, "k_shot": self.k_shot,
-                                "n_query": self.n_query}
+        info: dict[str, Any] = {"n_way": n_way, "k_shot": self.k_shot, "n_query": self.n_query}
+        scale = None
         if self.meta_train:
+            # the softmax scale from the untrained features' norms (a seeded sample of them)
+            sample = np.random.default_rng(ctx.seed).choice(
+                len(data.train), min(256, len(data.train)), replace=False)
+            scale = softmax_scale(embed(backbone, [data.train.inputs[i] for i in sample]
+                                        ).numpy(), self.scale)
             check_episodes(labels, classes, n_way, self.k_shot, self.n_query, data.train.source
                            or "training data")
             evaluator = None
@@ -175,7 +202,8 @@ class Protonet(Strategy):
                 batch_size=ctx.batch_size, precision=ctx.precision, device=ctx.device,
                 run_dir=ctx.run_dir, checkpoint_dir=ctx.checkpoint_dir, resume=ctx.resume,
                 progress=ctx.progress, sampler=sampler,
-                criterion=prototype_criterion(n_way, self.k_shot, self.n_query, self.scale),
+                frozen_modules=batchnorm_modules(backbone) if self.freeze_batchnorm else [],
+                criterion=prototype_criterion(n_way, self.k_shot, self.n_query, scale),
                 evaluator=evaluator,
             )
             for p in params:
@@ -187,7 +215,8 @@ class Protonet(Strategy):
                 "train_seconds")}
             info["meta_train"]["lr"] = cfg.lr
         feats = ctx.features(model, data.train, "features: prototypes")
-        model.head = prototype_head(feats, labels, len(classes), self.scale)
+        info["scale"] = scale if scale is not None else softmax_scale(feats, self.scale)
+        model.head = prototype_head(feats, labels, len(classes), info["scale"])
         return info
 
 

@@ -124,12 +124,12 @@ def test_multilabel_contrastive_with_early_stopping(data_dir, minilm, tmp_path):
 
 @pytest.fixture(scope="module")
 def protonet_run(data_dir, tmp_path_factory):
-    """MiniLM meta-trained on 5 THUCNews classes (200 headlines each, 60 episodes)."""
+    """MiniLM meta-trained on 5 THUCNews classes (200 headlines each, 40 episodes)."""
     from transferkit.backbones import load_backbone
 
     data = meta_train_data(str(data_dir / "thucnews_titles.train.csv"), BASE, per_class=200)
     clf = Classifier(load_backbone("minilm"), "protonet", seed=0,
-                     strategy_options={"episodes": 60}).fit(data)
+                     strategy_options={"episodes": 40}).fit(data)
     out = tmp_path_factory.mktemp("proto") / "run"
     clf.save(out)
     return clf, out
@@ -139,7 +139,7 @@ def test_protonet_beats_raw_prototypes_on_new_classes(data_dir, minilm, protonet
     from transferkit.adapt.protonet import read_labelled
 
     clf, _ = protonet_run
-    assert clf.classes == BASE and clf.fit_info["meta_train"]["steps"] == 60
+    assert clf.classes == BASE and clf.fit_info["meta_train"]["steps"] == 40
     novel = read_labelled(str(data_dir / "thucnews_titles.test.csv"), NOVEL, split="test")
     labels = np.array([NOVEL.index(y) for y in novel.labels])
     raw = Classifier(minilm, "probe")

@@ -79,7 +79,7 @@ def test_cli_multilabel_fit_and_predict(genres, tmp_path):
     path, _ = genres
     out = tmp_path / "run"
     r = subprocess.run([sys.executable, "-m", "transferkit", "fit", str(path),
-                        "--label-delimiter", "|", "--out", str(out)],
+                        "--label-delimiter", "|", "-o", "Cs=3", "--out", str(out)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     assert (out / "report.html").read_text().count("data:image/png;base64,") == 1

@@ -28,7 +28,7 @@ def train_csv(tmp_path_factory) -> Path:
     rng = np.random.default_rng(0)
     good, bad = ["great", "lovely", "superb", "fun"], ["awful", "dull", "boring", "weak"]
     rows = []
-    for i in range(480):
+    for i in range(240):
         label = i % 2
         words = rng.choice(good if label else bad, 3).tolist() + rng.choice(
             ["the", "film", "plot", "cast", "was", "very"], int(rng.integers(2, 12))).tolist()

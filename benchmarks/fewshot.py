@@ -27,6 +27,7 @@ import os
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -65,7 +66,7 @@ def recorded_peer(paths: list[str], setfit_version: str) -> dict[tuple[str, int,
     seed); only from the SetFit version installed now."""
     found = {}
     for path in paths:
-        for e in json.loads(open(path, encoding="utf-8").read())["entries"]:
+        for e in json.loads(Path(path).read_text(encoding="utf-8"))["entries"]:
             if "accuracy_peer" not in e:
                 continue  # a wall-time entry: its per-seed times sit in the accuracy entry
             if e["versions"]["setfit"] != setfit_version:

@@ -9,6 +9,14 @@ import torch
 from transferkit import Classifier
 from transferkit.data.examples import Dataset, Examples
 
+BN_STATS = ("running_mean", "running_var")
+
+
+def changed_tensors(pristine: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
+    """Names of the floating-point weights and buffers that differ from ``pristine``."""
+    return {k for k, v in module.state_dict().items()
+            if v.is_floating_point() and not torch.equal(pristine[k], v)}
+
 
 @pytest.fixture(scope="module")
 def fmnist_small(data_dir):
@@ -74,11 +82,10 @@ def test_image_contrastive_tunes_on_two_views_and_never_ends_below_its_start(fmn
     phase1 = clf.fit_info["phase1"]
     assert phase1["n_valid"] == len(valid) == 32 and phase1["steps"] <= 6
     assert phase1["best_valid"] >= start
-    changed = {k for k, v in clf.model.backbone.state_dict().items()
-               if v.is_floating_point() and not torch.equal(pristine[k], v)}
+    changed = changed_tensors(pristine, clf.model.backbone)
     assert bool(changed) == (phase1["best_step"] > 0)  # best weights kept, the start if it won
     # batch norm keeps its pretrained statistics: few-shot augmented batches would skew them
-    assert not any(k.endswith(("running_mean", "running_var")) for k in changed)
+    assert not any(k.endswith(BN_STATS) for k in changed)
     assert clf.evaluate(fmnist_small)["accuracy"] > 0.6  # 3 classes: chance is 0.33
 
 
@@ -93,9 +100,8 @@ def test_protonet_episodes_keep_batchnorm_statistics(fmnist_small):
     pristine = {k: v.clone() for k, v in backbone.state_dict().items()}
     clf = Classifier(backbone, "protonet", cache=False, strategy_options={
         "n_way": 3, "k_shot": 2, "n_query": 2, "episodes": 3, "lr": 1e-3}).fit(fmnist_small)
-    changed = {k for k, v in clf.model.backbone.state_dict().items()
-               if v.is_floating_point() and not torch.equal(pristine[k], v)}
-    stats = {k for k in changed if k.endswith(("running_mean", "running_var"))}
+    changed = changed_tensors(pristine, clf.model.backbone)
+    stats = {k for k in changed if k.endswith(BN_STATS)}
     assert changed - stats  # the encoder trained
     assert not stats
     # EfficientNet's features are far from unit norm (squared norms in the thousands): the

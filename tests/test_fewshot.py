@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from weight_helpers import changed_tensors
 
 from transferkit import Classifier, load_data
 from transferkit.adapt.contrastive import label_groups
@@ -87,11 +88,32 @@ def test_contrastive_beats_probe_at_8_per_class(data_dir, minilm):
         probe.append(Classifier(minilm, "probe", seed=seed).fit(data).evaluate(data)["accuracy"])
         clf = Classifier(copy.deepcopy(minilm), "contrastive", seed=seed, cache=False).fit(data)
         contrastive.append(clf.evaluate(data)["accuracy"])
-        # 24 passes' worth of full 32-example batches: 12 whole-set steps of 16 examples
-        assert clf.fit_info["phase1"]["steps"] == 12
+        # 20 passes' worth of full 32-example batches: 10 whole-set steps of 16 examples
+        assert clf.fit_info["phase1"]["steps"] == 10
+        # the text default keeps the word embeddings as pretrained; the layers tune
+        changed = changed_tensors(minilm.state_dict(), clf.model.backbone)
+        assert not any("embeddings" in name for name in changed)
+        assert any("layer.0." in name for name in changed)
     print(f"probe {np.mean(probe):.4f} {probe}, contrastive {np.mean(contrastive):.4f} "
           f"{contrastive}")
     assert np.mean(contrastive) > np.mean(probe)
+
+
+def test_contrastive_frozen_layers_run_once(data_dir, minilm):
+    """``frozen_groups=3``: embeddings and layers 0-1 stay as pretrained, and those two layers
+    are computed once (the prefix cache) instead of at every step; the rest tunes."""
+    data = load_data(data_dir / "sms_spam.train.csv", test=data_dir / "sms_spam.test.csv",
+                     per_class=8, seed=0)
+    clf = Classifier(copy.deepcopy(minilm), "contrastive", seed=0, cache=False,
+                     strategy_options={"frozen_groups": 3, "max_steps": 4}).fit(data)
+    phase1 = clf.fit_info["phase1"]
+    assert phase1["frozen_groups"] == 3 and phase1["prefix_cached_layers"] == 2
+    changed = changed_tensors(minilm.state_dict(), clf.model.backbone)
+    assert not any("embeddings" in name for name in changed)
+    assert {name.split("layer.")[1].split(".")[0] for name in changed} == {"2", "3", "4", "5"}
+    with pytest.raises(ConfigError, match="at most 6"):
+        Classifier(copy.deepcopy(minilm), "contrastive", cache=False,
+                   strategy_options={"frozen_groups": 7, "max_steps": 1}).fit(data)
 
 
 def test_multilabel_contrastive_with_early_stopping(data_dir, minilm, tmp_path):

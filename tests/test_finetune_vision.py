@@ -5,17 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from weight_helpers import changed_tensors
 
 from transferkit import Classifier
 from transferkit.data.examples import Dataset, Examples
 
 BN_STATS = ("running_mean", "running_var")
-
-
-def changed_tensors(pristine: dict[str, torch.Tensor], module: torch.nn.Module) -> set[str]:
-    """Names of the floating-point weights and buffers that differ from ``pristine``."""
-    return {k for k, v in module.state_dict().items()
-            if v.is_floating_point() and not torch.equal(pristine[k], v)}
 
 
 @pytest.fixture(scope="module")

@@ -193,20 +193,9 @@ class Partial(FineTuneStrategy):
 
     def cacheable_prefix(self, model: TransferModel, frozen: list[nn.Module]
                          ) -> list[nn.Module] | None:
-        from ..backbones.base import largest_module_list
+        from ..train.prefix import static_prefix
 
-        if not self.cache_prefix or model.backbone.modality != "text":
-            return None
-        layers = largest_module_list(model.backbone.model)
-        if layers is None:
-            return None
-        frozen_ids = {id(m) for m in frozen}
-        prefix = []
-        for layer in layers:  # the leading run of frozen layers, input side first
-            if id(layer) not in frozen_ids:
-                break
-            prefix.append(layer)
-        return prefix or None
+        return static_prefix(model.backbone, frozen) if self.cache_prefix else None
 
     def trainable_depth(self, n_groups: int) -> int:
         return self.train_layers

@@ -21,6 +21,26 @@ from torch import nn
 from .cache import FeatureCache
 
 
+def static_prefix(backbone: Any, frozen: list[nn.Module]) -> list[nn.Module] | None:
+    """The leading run of ``frozen`` repeated layers (input side first) whose outputs can be
+    computed once, or None. Only a text backbone's prefix is static: image training augments
+    its inputs, so frozen image layers see new pixels every epoch."""
+    from ..backbones.base import largest_module_list
+
+    if backbone.modality != "text":
+        return None
+    layers = largest_module_list(backbone.model)
+    if layers is None:
+        return None
+    frozen_ids = {id(m) for m in frozen}
+    prefix = []
+    for layer in layers:
+        if id(layer) not in frozen_ids:
+            break
+        prefix.append(layer)
+    return prefix or None
+
+
 class _Stop(Exception):
     """Raised by a hook to end a forward pass once the frozen prefix has run."""
 

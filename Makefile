@@ -11,13 +11,11 @@ DATA   ?= ../shared/data
 setup: $(STAMP)
 
 # torch/torchvision are pinned and installed first: these exact builds are on local disk here,
-# any other version would download gigabytes. --no-compile: byte-compiling every installed
-# module took most of a minute; Python compiles (and caches) only what is imported.
-PIP := $(BIN)/pip install --quiet --no-compile
+# any other version would download gigabytes.
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) torch==2.14.1 torchvision==0.29.1
-	$(PIP) -e '.[dev,bundled]'
+	$(BIN)/pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet -e '.[dev,bundled]'
 	touch $(STAMP)
 
 demo: setup
@@ -32,7 +30,7 @@ bench: setup
 	cd benchmarks && ../$(BIN)/python finetune.py --prefix --epochs 3
 	cd benchmarks && ../$(BIN)/python onnx_engine.py
 	cd benchmarks && ../$(BIN)/python serve.py
-	$(PIP) -e '.[bench]'
+	$(BIN)/pip install --quiet -e '.[bench]'
 	cd benchmarks && ../$(BIN)/python fewshot.py --seeds 5,5
 	cd benchmarks && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/python pretrain_text.py --experiment chinese \
 		--work ../runs/bench-pretrain-zh --epochs 8

@@ -140,8 +140,8 @@ class Contrastive(Strategy):
 
     The default (third row) matches the second on the mean of the four columns with 17%
     fewer steps. Freezing layers too saves time (19% and 29% for 1 and 2 layers at 8 per
-    class) but costs accuracy. Earlier, at 64 per class with all weights tuning: 36 passes, or lower rates
-    over more passes, helped rotten_tomatoes and hurt sms_spam.
+    class) but costs accuracy. Earlier, at 64 per class with all weights tuning: 36 passes,
+    or lower rates over more passes, helped rotten_tomatoes and hurt sms_spam.
 
     Image defaults (lr 1e-5, 4 passes, 20% held out for early stopping, ``freeze_batchnorm``)
     were checked on Fashion-MNIST validation images (EfficientNet-Lite0, 64 px): batch norm
@@ -194,11 +194,7 @@ class Contrastive(Strategy):
         defaults = self.image_defaults if backbone.modality == "image" else self.text_defaults
         fraction = self.valid_fraction if self.valid_fraction is not None else (
             0.2 if backbone.modality == "image" else 0.0)
-        if data.valid is not None and len(data.valid):
-            train_ex, valid_ex = data.train, data.valid
-        else:
-            train_ex, valid_ex = _train_valid(data, fraction, ctx.seed) if fraction > 0 \
-                else (data.train, None)
+        train_ex, valid_ex = _train_valid(data, fraction, ctx.seed)  # the given split first
         groups, group_of = label_groups(train_ex)
         if len(np.unique(groups)) < 2:
             raise ConfigError("Contrastive tuning needs at least two classes (or label sets) "

@@ -116,6 +116,22 @@ def test_contrastive_frozen_layers_run_once(data_dir, minilm):
                    strategy_options={"frozen_groups": 7, "max_steps": 1}).fit(data)
 
 
+def test_contrastive_end_to_end_tunes_body_and_head(data_dir, minilm):
+    """``end_to_end=1``: after phase 1 (embeddings frozen), one epoch of cross-entropy on body
+    and head; only that phase can move the embeddings, so their change shows it ran."""
+    data = load_data(data_dir / "sms_spam.train.csv", test=data_dir / "sms_spam.test.csv",
+                     per_class=8, seed=0)
+    clf = Classifier(copy.deepcopy(minilm), "contrastive", seed=0, cache=False,
+                     strategy_options={"max_steps": 2, "end_to_end": 1}).fit(data)
+    assert clf.fit_info["phase1"]["steps"] == 2
+    assert clf.fit_info["head"]["end_to_end"]["steps"] == 1  # 16 examples, batches of 32
+    changed = changed_tensors(minilm.state_dict(), clf.model.backbone)
+    assert any("embeddings" in name for name in changed)
+    assert clf.evaluate(data)["accuracy"] > 0.9  # majority class: 0.87
+    with pytest.raises(ConfigError, match="logreg probe"):
+        Classifier(minilm, "contrastive", strategy_options={"end_to_end": 1, "head": "linear"})
+
+
 def test_multilabel_contrastive_with_early_stopping(data_dir, minilm, tmp_path):
     items = pd.read_csv(data_dir / "movielens100k.items.csv", keep_default_na=False)
     items = items[items.genres != ""].sample(400, random_state=0)

@@ -99,11 +99,16 @@ def test_contrastive_beats_probe_at_8_per_class(data_dir, minilm):
     assert np.mean(contrastive) > np.mean(probe)
 
 
-def test_contrastive_frozen_layers_run_once(data_dir, minilm):
+@pytest.fixture(scope="module")
+def sms_8_per_class(data_dir):
+    return load_data(data_dir / "sms_spam.train.csv", test=data_dir / "sms_spam.test.csv",
+                     per_class=8, seed=0)
+
+
+def test_contrastive_frozen_layers_run_once(sms_8_per_class, minilm):
     """``frozen_groups=3``: embeddings and layers 0-1 stay as pretrained, and those two layers
     are computed once (the prefix cache) instead of at every step; the rest tunes."""
-    data = load_data(data_dir / "sms_spam.train.csv", test=data_dir / "sms_spam.test.csv",
-                     per_class=8, seed=0)
+    data = sms_8_per_class
     clf = Classifier(copy.deepcopy(minilm), "contrastive", seed=0, cache=False,
                      strategy_options={"frozen_groups": 3, "max_steps": 4}).fit(data)
     phase1 = clf.fit_info["phase1"]
@@ -116,11 +121,10 @@ def test_contrastive_frozen_layers_run_once(data_dir, minilm):
                    strategy_options={"frozen_groups": 7, "max_steps": 1}).fit(data)
 
 
-def test_contrastive_end_to_end_tunes_body_and_head(data_dir, minilm):
+def test_contrastive_end_to_end_tunes_body_and_head(sms_8_per_class, minilm):
     """``end_to_end=1``: after phase 1 (embeddings frozen), one epoch of cross-entropy on body
     and head; only that phase can move the embeddings, so their change shows it ran."""
-    data = load_data(data_dir / "sms_spam.train.csv", test=data_dir / "sms_spam.test.csv",
-                     per_class=8, seed=0)
+    data = sms_8_per_class
     clf = Classifier(copy.deepcopy(minilm), "contrastive", seed=0, cache=False,
                      strategy_options={"max_steps": 2, "end_to_end": 1}).fit(data)
     assert clf.fit_info["phase1"]["steps"] == 2

@@ -265,9 +265,9 @@ class Contrastive(Strategy):
         if self.end_to_end:  # the probe, then body and head together on every label
             # its own checkpoint folder: a resumed phase 1 must never load phase-2 state
             sub = ctx.checkpoint_dir / "end_to_end" if ctx.checkpoint_dir else None
-            head = Full(epochs=self.end_to_end, lr=self.end_to_end_lr, valid_fraction=0.0
-                        ).fit(model, data, replace(ctx, checkpoint_dir=sub))
-            info = {"end_to_end": {k: head[k] for k in (
+            tuned = Full(epochs=self.end_to_end, lr=self.end_to_end_lr, valid_fraction=0.0
+                         ).fit(model, data, replace(ctx, checkpoint_dir=sub))
+            info = {"end_to_end": {k: tuned[k] for k in (
                 "steps", "best_step", "stopped_early", "train_seconds", "n_valid")},
                 "lr": self.end_to_end_lr}
         else:

@@ -15,8 +15,10 @@ from weight_helpers import changed_tensors
 from transferkit import Classifier, load_data
 from transferkit.adapt.contrastive import label_groups
 from transferkit.adapt.protonet import (
+    adapt_head,
     meta_evaluate,
     meta_train_data,
+    prototype_criterion,
     prototype_head,
     softmax_scale,
 )
@@ -73,6 +75,57 @@ def test_prototype_head_equals_nearest_centroid():
     # the scale is meant for unit norm: larger features get it over their mean squared norm
     assert softmax_scale(x, 10.0) == pytest.approx(10.0, rel=1e-5)
     assert softmax_scale(30 * x, 10.0) == pytest.approx(10.0 / 900, rel=1e-5)
+
+
+def test_fo_proto_maml_steps_are_gradient_descent_and_first_order():
+    rng = np.random.default_rng(0)
+    n, k, q, steps, lr = 4, 3, 2, 5, 3.0
+    centers = rng.normal(size=(n, 16))
+    emb = np.concatenate([centers.repeat(m, 0) + 2 * rng.normal(size=(n * m, 16)) for m in (k, q)])
+    emb = torch.nn.functional.normalize(torch.tensor(emb, dtype=torch.float32), dim=-1)
+    shots, target = torch.arange(n).repeat_interleave(k), torch.arange(n).repeat_interleave(q)
+
+    def head_of(support):  # the prototype head, as a function of the support embeddings
+        protos = support.reshape(n, k, -1).mean(1)
+        return 20 * protos, -10 * protos.pow(2).sum(1)
+
+    def descend(w, b, support, create_graph=False):  # plain autograd gradient descent
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(support @ w.T + b, shots)
+            gw, gb = torch.autograd.grad(loss, (w, b), create_graph=create_graph)
+            w, b = w - lr * gw, b - lr * gb  # unit-norm features: lr is used as given
+        return w, b
+
+    support = emb[:n * k]
+    w0, b0 = head_of(support)
+    d_w, d_b = adapt_head(w0, b0, support, shots, steps, lr)
+    w_ref, b_ref = descend(w0.clone().requires_grad_(), b0.clone().requires_grad_(), support)
+    assert torch.allclose(w0 + d_w, w_ref, atol=1e-5) and torch.allclose(b0 + d_b, b_ref,
+                                                                          atol=1e-5)
+    ce = torch.nn.functional.cross_entropy
+    assert ce(support @ (w0 + d_w).T + b0 + d_b, shots) < ce(support @ w0.T + b0, shots)
+    assert not d_w.requires_grad
+
+    def query_loss(w, b, x):
+        return ce(x[n * k:] @ w.T + b, target)
+
+    x = emb.clone().requires_grad_()
+    prototype_criterion(n, k, q, 10.0, steps, lr)(x, target).backward()
+    ours = x.grad
+    x = emb.clone().requires_grad_()  # first order: the steps' changes are constants
+    w0, b0 = head_of(x[:n * k])
+    w, b = descend(w0.detach().requires_grad_(), b0.detach().requires_grad_(), x[:n * k].detach())
+    query_loss(w0 + (w - w0).detach(), b0 + (b - b0).detach(), x).backward()
+    assert (ours - x.grad).norm() < 1e-4 * ours.norm() and ours[:n * k].abs().sum() > 0
+    x = emb.clone().requires_grad_()  # second order (through the steps) differs
+    w, b = descend(*head_of(x[:n * k]), x[:n * k], create_graph=True)
+    query_loss(w, b, x).backward()
+    assert (ours - x.grad).norm() > 0.01 * ours.norm()  # 2.7% here, against < 0.01%
+    # the fitted head takes the same steps on its training features, lowering their loss
+    y = shots.numpy()
+    plain, adapted = (prototype_head(support.numpy(), y, n, 10.0, s, lr) for s in (0, steps))
+    with torch.no_grad():
+        assert ce(adapted(support), shots) < ce(plain(support), shots)
 
 
 def test_contrastive_beats_probe_at_8_per_class(data_dir, minilm):
@@ -231,6 +284,57 @@ def test_support_can_keep_the_known_classes(protonet_run, data_dir):
     assert both.classes == BASE + ["sports", "stocks"]
     assert torch.equal(both.model.head.weight[:5], clf.model.head.weight)
     assert clf.with_support(ex).classes == ["sports", "stocks"]
+    # a fo-Proto-MAML run adapts the support's prototype head by its inner steps
+    adapted = copy.copy(clf)
+    adapted.fit_info = {**clf.fit_info, "inner_steps": 10, "inner_lr": 3.0}
+    y = torch.tensor([["sports", "stocks"].index(label) for label in ex.labels])
+    losses = []
+    for model in (clf, adapted):
+        support_clf = model.with_support(ex)
+        x = torch.from_numpy(support_clf.context.features(support_clf.model, ex, "support"))
+        with torch.no_grad():
+            losses.append(torch.nn.functional.cross_entropy(support_clf.model.head(x), y))
+    assert losses[1] < losses[0]
+
+
+def test_fo_proto_maml_from_the_command_line(data_dir, minilm, tmp_path):
+    """meta-train --inner-steps (first-order MAML for the head) on 40 headlines of each base
+    class (4 episodes), then meta-eval on 40 of each new class: above raw-feature prototypes
+    by more than the confidence interval."""
+    import json
+    import subprocess
+    import sys
+
+    from transferkit.adapt import TransferModel
+    from transferkit.adapt.protonet import read_labelled
+
+    train = pd.read_csv(data_dir / "thucnews_titles.train.csv", keep_default_na=False)
+    test = pd.read_csv(data_dir / "thucnews_titles.test.csv", keep_default_na=False)
+    train[train.label.isin(BASE)].groupby("label").head(40).to_csv(tmp_path / "base.csv",
+                                                                   index=False)
+    test[test.label.isin(NOVEL)].groupby("label").head(40).to_csv(tmp_path / "new.csv",
+                                                                  index=False)
+
+    def cli(*args):
+        done = subprocess.run([sys.executable, "-m", "transferkit", *map(str, args)],
+                              capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    run = tmp_path / "run"
+    cli("meta-train", tmp_path / "base.csv", "--out", run, "--episodes", 4, "--lr", 1e-4,
+        "--inner-steps", 10)
+    shown = cli("meta-eval", run, tmp_path / "new.csv", "--output", tmp_path / "r.json")
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert "after 10 steps on each support" in " ".join(shown.split())  # the run's own steps
+    assert result["inner_steps"] == 10 and result["inner_lr"] == 3.0
+    assert result["episodes"] == 600 and result["classes"] == NOVEL
+    novel = read_labelled(str(tmp_path / "new.csv"))
+    raw = Classifier(minilm, "probe").context.features(TransferModel(minilm, NOVEL), novel, "raw")
+    before = meta_evaluate(raw, np.array([NOVEL.index(y) for y in novel.labels]), NOVEL)
+    print(f"fo-Proto-MAML 5-way 5-shot on new classes: {result['accuracy']:.4f} ± "
+          f"{result['ci95']:.4f}, raw prototypes {before['accuracy']:.4f}")
+    assert result["accuracy"] > before["accuracy"] + result["ci95"]
 
 
 def test_too_few_classes_for_episodes_is_a_clear_error(data_dir, minilm):

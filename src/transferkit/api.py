@@ -176,7 +176,9 @@ class Classifier:
         examples of each new class). ``keep_classes=True`` on a protonet artifact keeps the
         classes it already knows as well (a class named in the support gets its prototype
         from there); expect new classes close to known ones to be confused with them. Works
-        on any model's backbone; returns a new Classifier sharing the backbone."""
+        on any model's backbone; returns a new Classifier sharing the backbone. A run
+        meta-trained with ``inner_steps`` (fo-Proto-MAML) adapts the new head by those steps
+        on the support."""
         import copy
 
         from .adapt.protonet import prototype_head, softmax_scale
@@ -203,7 +205,8 @@ class Classifier:
             raise ConfigError("keep_classes needs a protonet artifact (its head is made of "
                               "prototypes); other heads cannot be mixed with prototypes.")
         scale = float(self.fit_info.get("scale") or softmax_scale(feats))
-        head = prototype_head(feats, labels, len(classes), scale)
+        inner = {k: self.fit_info[k] for k in ("inner_steps", "inner_lr") if k in self.fit_info}
+        head = prototype_head(feats, labels, len(classes), scale, **inner)  # fo-Proto-MAML
         if keep_classes:  # keep the known prototypes the support does not redefine
             keep = [i for i, c in enumerate(model.classes) if c not in set(classes)]
             with torch.no_grad():

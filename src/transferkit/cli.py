@@ -444,6 +444,13 @@ def meta_train(
     scale: Annotated[float, Opt(help="Distance scale of the prototype softmax, for unit-norm "
                                      "features (divided by the mean squared norm otherwise).")
                      ] = 10.0,
+    inner_steps: Annotated[int, Opt(help="First-order MAML for the head (fo-Proto-MAML): "
+                                         "gradient steps of the prototype head on each "
+                                         "support set, in training and on new classes; 0: "
+                                         "a plain prototypical network.")] = 0,
+    inner_lr: Annotated[float, Opt(help="Learning rate of those steps, for unit-norm "
+                                        "features (divided by the mean squared norm).")
+                        ] = 3.0,
     text_column: Annotated[str | None, Opt(help="Text column.")] = None,
     label_column: Annotated[str | None, Opt(help="Label column.")] = None,
     seed: Annotated[int, Opt(help="Seed for episodes and training.")] = 0,
@@ -451,14 +458,15 @@ def meta_train(
     overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing --out folder.")
                          ] = False,
 ) -> None:
-    """Meta-train a prototypical network on base classes (N-way K-shot episodes)."""
+    """Meta-train a prototypical network (or fo-Proto-MAML) on base classes (N-way K-shot
+    episodes)."""
     from .adapt.protonet import meta_train_data
     from .api import Classifier
 
     dataset = meta_train_data(data, _class_list(classes), valid=valid, per_class=per_class,
                               seed=seed, text_column=text_column, label_column=label_column)
     options = {"n_way": n_way, "k_shot": k_shot, "n_query": n_query, "episodes": episodes,
-               "lr": lr, "scale": scale}
+               "lr": lr, "scale": scale, "inner_steps": inner_steps, "inner_lr": inner_lr}
     clf = _with_progress(lambda progress: _fit_with_progress(
         Classifier(backbone, "protonet", strategy_options=options, seed=seed,
                    batch_size=batch_size), dataset, progress))
@@ -489,6 +497,12 @@ def meta_eval(
     episodes: Annotated[int, Opt(help="Episodes (600+ for a tight confidence interval).")
                         ] = 600,
     seed: Annotated[int, Opt(help="Seed for the episodes.")] = 0,
+    inner_steps: Annotated[int | None, Opt(help="Gradient steps of the prototype head on each "
+                                                "episode's support (default: the run's own, "
+                                                "from meta-train; 0: nearest prototype).")
+                           ] = None,
+    inner_lr: Annotated[float | None, Opt(help="Learning rate of those steps (default: the "
+                                               "run's own, else 3.0).")] = None,
     text_column: Annotated[str | None, Opt(help="Text column.")] = None,
     label_column: Annotated[str | None, Opt(help="Label column.")] = None,
     split: Annotated[str, Opt(help="Split to use when DATA holds several.")] = "test",
@@ -501,7 +515,7 @@ def meta_eval(
 
     from ._io import write_json
     from .adapt import TransferModel
-    from .adapt.protonet import meta_evaluate, read_labelled
+    from .adapt.protonet import INNER_LR, meta_evaluate, read_labelled
     from .api import Classifier
 
     if (Path(model) / "config.json").is_file():
@@ -514,10 +528,14 @@ def meta_eval(
     found = sorted(set(examples.labels or []))
     labels = np.array([found.index(y) for y in examples.labels or []])
     feats = _with_progress(lambda progress: _features(clf, examples, progress))
+    info = clf.fit_info  # a raw backbone has none: nearest prototype, unless told
+    steps = inner_steps if inner_steps is not None else info.get("inner_steps", 0)
     result = meta_evaluate(feats, labels, found, n_way=n_way, k_shot=k_shot, n_query=n_query,
-                           episodes=episodes, seed=seed)
+                           episodes=episodes, seed=seed, scale=info.get("scale"),
+                           inner_steps=steps, inner_lr=inner_lr or info.get("inner_lr", INNER_LR))
     result["model"] = model
-    out.print(f"{n_way}-way {k_shot}-shot accuracy of {model} on {len(found)} classes: "
+    adapted = f" after {steps} steps on each support" if steps else ""
+    out.print(f"{n_way}-way {k_shot}-shot accuracy{adapted} of {model} on {len(found)} classes: "
               f"{result['accuracy']:.4f} ± {result['ci95']:.4f} (95% CI, {episodes} episodes; "
               f"chance {1 / n_way:.2f})")
     if output:

@@ -15,6 +15,11 @@ softmax is almost flat; without it meta-training made the encoder worse. It is s
 norm and divided by the features' mean squared norm otherwise (``softmax_scale``), so the
 softmax is as sharp whatever the backbone: EfficientNet-Lite0's pooled features have squared
 norms near 4,600, and scale 10 on them made meta-training collapse to chance.
+
+Because the prototype head is a linear head, first-order MAML for the head fits in the same
+path (``inner_steps``, fo-Proto-MAML): the head starts at the prototypes and takes a few
+gradient steps on the support (``adapt_head``) before it scores the queries, in meta-training
+and wherever new classes arrive (meta-eval episodes, the fitted head, ``with_support``).
 """
 
 from __future__ import annotations
@@ -40,17 +45,51 @@ from .base import (
 from .model import TransferModel
 
 DEFAULT_SCALE = 10.0
+INNER_LR = 3.0  # fo-Proto-MAML's inner steps, for unit-norm features (adapt_head)
 
 
 def prototype_head(features: np.ndarray, labels: np.ndarray, n_classes: int,
-                   scale: float = DEFAULT_SCALE) -> nn.Linear:
-    """The nearest-prototype classifier as an ``nn.Linear`` (see the module docstring)."""
+                   scale: float = DEFAULT_SCALE, inner_steps: int = 0,
+                   inner_lr: float = INNER_LR) -> nn.Linear:
+    """The nearest-prototype classifier as an ``nn.Linear`` (see the module docstring), then
+    ``inner_steps`` gradient steps on ``features`` (:func:`adapt_head`)."""
     cent = np.stack([features[labels == k].mean(0) for k in range(n_classes)]).astype(np.float64)
     head = nn.Linear(features.shape[1], n_classes)
     with torch.no_grad():
         head.weight.copy_(torch.from_numpy(2 * scale * cent).float())
         head.bias.copy_(torch.from_numpy(-scale * (cent ** 2).sum(1)).float())
+        if inner_steps:
+            d_weight, d_bias = adapt_head(head.weight, head.bias, torch.from_numpy(
+                np.ascontiguousarray(features, dtype=np.float32)), torch.from_numpy(
+                np.asarray(labels, dtype=np.int64)), inner_steps, inner_lr)
+            head.weight += d_weight
+            head.bias += d_bias
     return head
+
+
+def adapt_head(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor,
+               labels: torch.Tensor, steps: int, lr: float
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inner loop of first-order MAML for the head: ``steps`` full-batch gradient steps
+    of cross-entropy on the support ``features`` [..., M, D] (``labels`` [M] in 0..N-1) from
+    the head ``weight`` [..., N, D], ``bias`` [..., N], in float32 and outside any autograd
+    graph; leading dimensions are independent episodes. Returns the *changes* to weight and
+    bias: added to the head, they carry the query loss's gradient to the head's initial
+    values (the prototypes, and through them the encoder) and treat the steps themselves as
+    constants, which is what makes it first-order. ``lr`` is meant for unit-norm features:
+    like the softmax scale it is divided by the features' mean squared norm, since a step
+    moves the logits by about lr x that norm (image features' are in the thousands)."""
+    x = features.detach().float()
+    w0, b0 = weight.detach().float(), bias.detach().float()
+    step = (lr / x.pow(2).sum(-1).mean(-1).clamp_min(1e-12))[..., None]  # per episode
+    target = nn.functional.one_hot(labels, w0.shape[-2]).float()
+    w, b = w0, b0
+    for _ in range(steps):  # the cross-entropy's gradient in closed form: (softmax - y) / M
+        grad = (torch.softmax(x @ w.transpose(-1, -2) + b[..., None, :], -1) - target
+                ) / x.shape[-2]
+        w = w - step[..., None] * (grad.transpose(-1, -2) @ x)
+        b = b - step * grad.sum(-2)
+    return (w - w0).to(weight.dtype), (b - b0).to(bias.dtype)
 
 
 def softmax_scale(features: np.ndarray, scale: float = DEFAULT_SCALE) -> float:
@@ -59,15 +98,24 @@ def softmax_scale(features: np.ndarray, scale: float = DEFAULT_SCALE) -> float:
     return scale / sq if sq > 0 else scale
 
 
-def prototype_criterion(n_way: int, k_shot: int, n_query: int, scale: float):
+def prototype_criterion(n_way: int, k_shot: int, n_query: int, scale: float,
+                        inner_steps: int = 0, inner_lr: float = INNER_LR):
     """Episode loss for batches laid out by :class:`~transferkit.train.sampler.Episodes`:
-    N*K support embeddings (class-major), then N*Q queries in the same class order."""
+    N*K support embeddings (class-major), then N*Q queries in the same class order. With
+    ``inner_steps`` it is first-order Proto-MAML: the queries are scored by the prototype
+    head after that many gradient steps on the support (:func:`adapt_head`)."""
     def criterion(emb: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
         support, query = emb[:n_way * k_shot], emb[n_way * k_shot:]
         protos = support.reshape(n_way, k_shot, -1).mean(1)
-        logits = -scale * torch.cdist(query, protos).pow(2)
         target = torch.arange(n_way, device=emb.device).repeat_interleave(n_query)
-        return nn.functional.cross_entropy(logits, target)
+        if not inner_steps:
+            logits = -scale * torch.cdist(query, protos).pow(2)
+            return nn.functional.cross_entropy(logits, target)
+        weight, bias = 2 * scale * protos, -scale * protos.pow(2).sum(1)
+        shots = torch.arange(n_way, device=emb.device).repeat_interleave(k_shot)
+        d_weight, d_bias = adapt_head(weight, bias, support, shots, inner_steps, inner_lr)
+        logits = query @ (weight + d_weight).T + (bias + d_bias)
+        return nn.functional.cross_entropy(logits.float(), target)
 
     return criterion
 
@@ -90,32 +138,49 @@ def check_episodes(labels: np.ndarray, classes: list[str], n_way: int, k_shot: i
 
 
 def episode_accuracies(features: np.ndarray, labels: np.ndarray, n_way: int, k_shot: int,
-                       n_query: int, episodes: int, seed: int,
-                       scale: float = DEFAULT_SCALE) -> np.ndarray:
-    """Query accuracy of each of ``episodes`` episodes drawn from precomputed features."""
-    draws = Episodes(labels, n_way, k_shot, n_query, episodes, seed)(0)
+                       n_query: int, episodes: int, seed: int, scale: float | None = None,
+                       inner_steps: int = 0, inner_lr: float = INNER_LR,
+                       chunk: int = 100) -> np.ndarray:
+    """Query accuracy of each of ``episodes`` episodes drawn from precomputed features: by
+    the nearest prototype, or with ``inner_steps`` by the prototype head (at ``scale``,
+    default :func:`softmax_scale`) after that many steps on the episode's support.
+    ``chunk`` episodes are scored at once."""
+    draws = np.asarray(Episodes(labels, n_way, k_shot, n_query, episodes, seed)(0))
     x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-    crit_target = np.repeat(np.arange(n_way), n_query)
-    out = np.empty(len(draws))
-    for e, idx in enumerate(draws):
-        emb = x[idx]
-        support, query = emb[:n_way * k_shot], emb[n_way * k_shot:]
-        protos = support.reshape(n_way, k_shot, -1).mean(1)
-        pred = torch.cdist(query, protos).argmin(1).numpy()
-        out[e] = float((pred == crit_target).mean())
-    return out
+    if inner_steps and scale is None:
+        scale = softmax_scale(features)
+    target = torch.arange(n_way).repeat_interleave(n_query)
+    shots = torch.arange(n_way).repeat_interleave(k_shot)
+    out = []
+    for s in range(0, len(draws), chunk):
+        emb = x[torch.from_numpy(draws[s:s + chunk])]  # [episodes, N*(K+Q), D]
+        support, query = emb[:, :n_way * k_shot], emb[:, n_way * k_shot:]
+        protos = support.reshape(len(emb), n_way, k_shot, -1).mean(2)
+        if inner_steps:
+            weight, bias = 2 * scale * protos, -scale * protos.pow(2).sum(-1)
+            d_weight, d_bias = adapt_head(weight, bias, support, shots, inner_steps, inner_lr)
+            logits = query @ (weight + d_weight).transpose(1, 2) + (bias + d_bias)[:, None]
+            pred = logits.argmax(-1)
+        else:
+            pred = torch.cdist(query, protos).argmin(-1)
+        out.append((pred == target).double().mean(1))
+    return torch.cat(out).numpy()
 
 
 def meta_evaluate(features: np.ndarray, labels: np.ndarray, classes: list[str], *,
                   n_way: int = 5, k_shot: int = 5, n_query: int = 15, episodes: int = 600,
-                  seed: int = 0) -> dict[str, Any]:
+                  seed: int = 0, scale: float | None = None, inner_steps: int = 0,
+                  inner_lr: float = INNER_LR) -> dict[str, Any]:
     """N-way K-shot accuracy over ``episodes`` episodes: mean and 95% confidence interval
-    (1.96 standard errors, the convention of the few-shot literature)."""
+    (1.96 standard errors, the convention of the few-shot literature); ``inner_steps`` as in
+    :func:`episode_accuracies`."""
     check_episodes(labels, classes, n_way, k_shot, n_query, "meta-eval")
-    acc = episode_accuracies(features, labels, n_way, k_shot, n_query, episodes, seed)
+    acc = episode_accuracies(features, labels, n_way, k_shot, n_query, episodes, seed,
+                             scale, inner_steps, inner_lr)
     return {"accuracy": float(acc.mean()), "ci95": float(1.96 * acc.std(ddof=1)
                                                          / np.sqrt(len(acc))),
             "episodes": len(acc), "n_way": n_way, "k_shot": k_shot, "n_query": n_query,
+            "inner_steps": inner_steps, "inner_lr": inner_lr if inner_steps else None,
             "chance": 1.0 / n_way, "classes": classes, "n_examples": len(labels)}
 
 
@@ -128,8 +193,17 @@ class Protonet(Strategy):
     ``softmax_scale``; the one used is in ``fit_info``), ``meta_train`` (False: raw-feature
     prototypes, no training), ``valid_episodes`` (episodes on the validation split for early
     stopping, when there is one), ``freeze_batchnorm`` (True: batch norm keeps its pretrained
-    running statistics while episodes train), and any training-loop option (``lr`` 5e-5,
-    ``patience``...).
+    running statistics while episodes train), ``inner_steps`` (0) and ``inner_lr`` (3.0),
+    and any training-loop option (``lr`` 5e-5, ``patience``...).
+
+    ``inner_steps=S`` makes it first-order MAML for the head, in the form of fo-Proto-MAML
+    (Triantafillou et al. 2020): in every episode the head starts at the support's
+    prototypes and takes S gradient steps on the support, and the query loss of the adapted
+    head trains the encoder (through the prototypes; the steps count as constants). The head
+    is initialised from prototypes rather than learned, because an episode's classes fill its
+    N slots in random order, so one learned initialisation would have to suit every order.
+    New classes are adapted the same way: ``meta-eval``, the fitted head and
+    ``predict --support`` all take the S steps on their support examples.
     """
 
     name = "protonet"
@@ -137,11 +211,16 @@ class Protonet(Strategy):
     def __init__(self, n_way: int | None = None, k_shot: int = 5, n_query: int = 5,
                  episodes: int = 100, scale: float = DEFAULT_SCALE, meta_train: bool = True,
                  valid_episodes: int = 100, freeze_batchnorm: bool = True,
+                 inner_steps: int = 0, inner_lr: float = INNER_LR,
                  **train_options: Any) -> None:
         # episodes are the step count: epochs and max_steps would contradict it
         reject_unknown_options(self, train_options, TRAIN_OPTIONS - {"epochs", "max_steps"})
         if episodes < 1 or scale <= 0:
             raise ConfigError("episodes must be >= 1 and scale > 0.")
+        if inner_steps < 0 or inner_lr <= 0:
+            raise ConfigError(f"inner_steps must be >= 0 and inner_lr > 0 (got {inner_steps} "
+                              f"and {inner_lr}).")
+        self.inner_steps, self.inner_lr = inner_steps, inner_lr
         self.n_way, self.k_shot, self.n_query = n_way, k_shot, n_query
         self.episodes, self.scale, self.meta_train = episodes, scale, meta_train
         self.valid_episodes, self.train_options = valid_episodes, train_options
@@ -152,7 +231,7 @@ class Protonet(Strategy):
         return {"n_way": self.n_way, "k_shot": self.k_shot, "n_query": self.n_query,
                 "episodes": self.episodes, "scale": self.scale, "meta_train": self.meta_train,
                 "valid_episodes": self.valid_episodes, "freeze_batchnorm": self.freeze_batchnorm,
-                **self.train_options}
+                "inner_steps": self.inner_steps, "inner_lr": self.inner_lr, **self.train_options}
 
     def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
         from .contrastive import embed
@@ -162,7 +241,9 @@ class Protonet(Strategy):
         backbone, classes = model.backbone, model.classes
         labels = label_indices(data.train, classes)
         n_way = self.n_way or min(5, len(classes))
-        info: dict[str, Any] = {"n_way": n_way, "k_shot": self.k_shot, "n_query": self.n_query}
+        inner = {"inner_steps": self.inner_steps, "inner_lr": self.inner_lr}
+        info: dict[str, Any] = {"n_way": n_way, "k_shot": self.k_shot, "n_query": self.n_query,
+                                **inner}
         scale = None
         if self.meta_train:
             # the softmax scale from the untrained features' norms (a seeded sample of them)
@@ -184,7 +265,8 @@ class Protonet(Strategy):
                     def evaluator() -> dict[str, float]:
                         feats = embed(backbone, valid.inputs).numpy()
                         acc = episode_accuracies(feats, v_labels, n_way, self.k_shot,
-                                                 self.n_query, self.valid_episodes, ctx.seed)
+                                                 self.n_query, self.valid_episodes, ctx.seed,
+                                                 scale, **inner)
                         return {"valid_accuracy": float(acc.mean())}
             options = {"lr": 5e-5, "warmup_ratio": 0.1, "patience": 4, **self.train_options}
             options.update(epochs=1, metric="accuracy")
@@ -203,7 +285,8 @@ class Protonet(Strategy):
                 run_dir=ctx.run_dir, checkpoint_dir=ctx.checkpoint_dir, resume=ctx.resume,
                 progress=ctx.progress, sampler=sampler,
                 frozen_modules=batchnorm_modules(backbone) if self.freeze_batchnorm else [],
-                criterion=prototype_criterion(n_way, self.k_shot, self.n_query, scale),
+                criterion=prototype_criterion(n_way, self.k_shot, self.n_query, scale,
+                                              **inner),
                 evaluator=evaluator,
             )
             for p in params:
@@ -216,7 +299,7 @@ class Protonet(Strategy):
             info["meta_train"]["lr"] = cfg.lr
         feats = ctx.features(model, data.train, "features: prototypes")
         info["scale"] = scale if scale is not None else softmax_scale(feats, self.scale)
-        model.head = prototype_head(feats, labels, len(classes), info["scale"])
+        model.head = prototype_head(feats, labels, len(classes), info["scale"], **inner)
         return info
 
 

@@ -12,6 +12,9 @@ warm-up run of each contender.
                                  [--peer-from benchmarks/results/fewshot-64-*.json]
 
 ``--seeds`` gives the seeds per budget (SetFit at 64 per class takes 9-13 min a run).
+``--combine FILES`` runs nothing: it merges the per-seed results of earlier runs (say seeds
+0-4 and, with ``--first-seed 5``, seeds 5-9) into one table over every seed, a later file
+winning where two hold the same seed.
 ``--peer-from`` takes SetFit's accuracy and time for a (dataset, budget, seed) from earlier
 results files instead of rerunning it, and says so in each entry: for reruns where only
 transferkit changed. SetFit's accuracy is deterministic here (reruns reproduced it exactly,
@@ -79,12 +82,64 @@ def recorded_peer(paths: list[str], setfit_version: str) -> dict[tuple[str, int,
     return found
 
 
+def comparison(ds: str, budget: int, runs: dict[int, dict], versions: dict[str, str],
+               **extra) -> list[dict]:
+    """The accuracy and wall-time entries of one (dataset, budget), from per-seed ``runs``
+    (seed -> accuracy_ours, accuracy_peer, seconds_ours, seconds_peer)."""
+    from common import entry
+
+    seeds = sorted(runs)
+    col = {k: [runs[s][k] for s in seeds] for k in (
+        "accuracy_ours", "accuracy_peer", "seconds_ours", "seconds_peer")}
+    diff = [o - p for o, p in zip(col["accuracy_ours"], col["accuracy_peer"], strict=True)]
+    paired = {"mean_difference": statistics.mean(diff)}
+    if len(diff) > 1:  # paired over seeds: how many standard errors the mean difference is
+        se = statistics.stdev(diff) / len(diff) ** 0.5
+        paired["difference_over_se"] = paired["mean_difference"] / se if se else None
+    n = len(seeds)
+    return [
+        entry(f"{ds} {budget}/class accuracy (mean of {n} seeds)",
+              statistics.mean(col["accuracy_ours"]), statistics.mean(col["accuracy_peer"]),
+              "accuracy", n, True, versions, dataset=ds, per_class=budget, seeds=seeds,
+              **col, **paired, **extra),
+        entry(f"{ds} {budget}/class wall time (median)", statistics.median(col["seconds_ours"]),
+              statistics.median(col["seconds_peer"]), "s", n, False, versions,
+              # each seed's contenders ran back to back: their ratio is robust to load
+              # changing between seeds
+              paired_ratio_median=statistics.median(
+                  p / o for o, p in zip(col["seconds_ours"], col["seconds_peer"],
+                                        strict=True))),
+    ]
+
+
+def combine(paths: list[str], name: str) -> None:
+    """One table over every seed that the results files ``paths`` hold."""
+    from common import print_table, write_results
+
+    runs: dict[tuple[str, int], dict[int, dict]] = {}
+    versions, sources = {}, {}
+    for path in paths:
+        for e in json.loads(Path(path).read_text(encoding="utf-8"))["entries"]:
+            if "accuracy_peer" not in e:
+                continue  # a wall-time entry: its per-seed times sit in the accuracy entry
+            key = e["dataset"], e["per_class"]
+            for i, seed in enumerate(e["seeds"]):
+                runs.setdefault(key, {})[seed] = {k: e[k][i] for k in (
+                    "accuracy_ours", "accuracy_peer", "seconds_ours", "seconds_peer")}
+            versions[key] = e["versions"]
+            sources.setdefault(key, []).append(path)
+    entries = [x for key in sorted(runs, key=lambda k: (k[1], k[0])) for x in comparison(
+        *key, runs[key], versions[key], combined_from=sources[key])]
+    print_table(entries)
+    print(f"results: {write_results(name, entries)}")
+
+
 def main() -> None:
     import sentence_transformers
     import setfit
     import torch
     import transformers
-    from common import DATA, entry, print_table, write_results
+    from common import DATA, print_table, write_results
 
     import transferkit
     from transferkit import load_data
@@ -100,7 +155,11 @@ def main() -> None:
                     help="seeds run from here: extend an earlier run with more seeds")
     ap.add_argument("--peer-from", nargs="+", default=[], metavar="RESULTS.json",
                     help="reuse SetFit's recorded per-seed results where these files have them")
+    ap.add_argument("--combine", nargs="+", default=[], metavar="RESULTS.json",
+                    help="run nothing: one table over every seed these results files hold")
     args = ap.parse_args()
+    if args.combine:
+        return combine(args.combine, args.name)
     recorded = recorded_peer(args.peer_from, setfit.__version__)
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -162,25 +221,14 @@ def main() -> None:
                            "accuracy": peer["accuracy"], "seconds": peer["seconds"],
                            "recorded_in": peer["from"]}
                     log_run(rec)
-            n = len(acc["ours"])
-            extra = {"dataset": ds, "per_class": budget,
-                     "seeds": list(range(args.first_seed, args.first_seed + n_seeds)),
-                     "accuracy_ours": acc["ours"], "accuracy_peer": acc["peer"],
-                     "seconds_ours": secs["ours"], "seconds_peer": secs["peer"],
-                     "n_test": len(truth), "n_train": len(data.train)}
+            runs = {seed: {"accuracy_ours": acc["ours"][i], "accuracy_peer": acc["peer"][i],
+                           "seconds_ours": secs["ours"][i], "seconds_peer": secs["peer"][i]}
+                    for i, seed in enumerate(range(args.first_seed,
+                                                   args.first_seed + n_seeds))}
+            extra = {"n_test": len(truth), "n_train": len(data.train)}
             if peer_from:
                 extra["peer_recorded_in"] = sorted(set(peer_from))
-            entries.append(entry(f"{ds} {budget}/class accuracy (mean of {n} seeds)",
-                                 statistics.mean(acc["ours"]), statistics.mean(acc["peer"]),
-                                 "accuracy", n, True, versions, **extra))
-            entries.append(entry(f"{ds} {budget}/class wall time (median)",
-                                 statistics.median(secs["ours"]),
-                                 statistics.median(secs["peer"]), "s", n, False, versions,
-                                 # each seed's contenders ran back to back: their ratio
-                                 # is robust to load changing between seeds
-                                 paired_ratio_median=statistics.median(
-                                     p / o for o, p in zip(secs["ours"], secs["peer"],
-                                                           strict=True))))
+            entries += comparison(ds, budget, runs, versions, **extra)
             write_results(args.name, entries)  # partial results survive an interrupted run
     print_table(entries)
     print(f"results: {write_results(args.name, entries)}")

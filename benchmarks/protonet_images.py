@@ -6,10 +6,12 @@ each), then scored in N-way K-shot episodes on the other five (Sandal, Shirt, Sn
 Ankle boot) of the official test split, 600 episodes with a 95% confidence interval. The
 baseline is what a user has without meta-learning: prototypes of the same backbone's raw
 features on the same episodes. Meta-training runs with ``freeze_batchnorm`` on (the default)
-and off, so the cost of letting episodes update batch norm's statistics is measured too.
+and off, so the cost of letting episodes update batch norm's statistics is measured too, and
+with ``--inner-steps S`` also as fo-Proto-MAML (first-order MAML for the head: S steps of the
+prototype head on each support, in meta-training and in the episodes scored).
 
     python benchmarks/protonet_images.py [--seeds 3] [--per-class 200] [--episodes 100]
-                                         [--image-size 64] [--k-shot 5]
+                                         [--image-size 64] [--k-shot 5] [--inner-steps 10]
 """
 
 from __future__ import annotations
@@ -44,6 +46,8 @@ def main() -> None:
     ap.add_argument("--episodes", type=int, default=100)
     ap.add_argument("--image-size", type=int, default=64)
     ap.add_argument("--k-shot", type=int, default=5)
+    ap.add_argument("--inner-steps", type=int, default=0,
+                    help="also meta-train and score fo-Proto-MAML with this many inner steps")
     ap.add_argument("--name", default="protonet_images")
     args = ap.parse_args()
 
@@ -51,23 +55,27 @@ def main() -> None:
     labels = np.array([NOVEL.index(y) for y in novel.labels])
     raw = Classifier(load_backbone("efficientnet_lite0", image_size=args.image_size), "probe")
     raw_feats = raw.context.features(TransferModel(raw.backbone_spec, NOVEL), novel, "raw")
-    scores: dict[str, list[dict]] = {"raw": [], "frozen_bn": [], "updated_bn": []}
-    seconds: dict[str, list[float]] = {"frozen_bn": [], "updated_bn": []}
+    variants = ["frozen_bn", "updated_bn"] + ["fo_proto_maml"] * bool(args.inner_steps)
+    scores: dict[str, list[dict]] = {"raw": [], **{v: [] for v in variants}}
+    seconds: dict[str, list[float]] = {v: [] for v in variants}
     for seed in range(args.seeds):
         scores["raw"].append(meta_evaluate(raw_feats, labels, NOVEL, k_shot=args.k_shot,
                                            seed=seed))
         data = meta_train_data(str(DATA / "fashion_mnist.train.npz"), BASE,
                                per_class=args.per_class, seed=seed)
-        for variant in (["frozen_bn", "updated_bn"][::-1 if seed % 2 else 1]):
+        for variant in variants[::-1 if seed % 2 else 1]:
+            inner = {"inner_steps": args.inner_steps} if variant == "fo_proto_maml" else {}
             start = time.perf_counter()
             clf = Classifier("efficientnet_lite0", "protonet", seed=seed, cache=False,
                              image_size=args.image_size, strategy_options={
                                  "episodes": args.episodes, "k_shot": args.k_shot,
-                                 "freeze_batchnorm": variant == "frozen_bn"}).fit(data)
+                                 "freeze_batchnorm": variant != "updated_bn", **inner}
+                             ).fit(data)
             seconds[variant].append(time.perf_counter() - start)
             feats = clf.context.features(clf.model, novel, "meta-trained")
             scores[variant].append(meta_evaluate(feats, labels, NOVEL, k_shot=args.k_shot,
-                                                 seed=seed))
+                                                 seed=seed, scale=clf.fit_info["scale"],
+                                                 **inner))
         print(json.dumps({"seed": seed, **{k: (v[-1]["accuracy"], v[-1]["ci95"])
                                            for k, v in scores.items()}}), flush=True)
 
@@ -85,6 +93,11 @@ def main() -> None:
         entry(f"{title}: frozen vs updated batch norm (mean of {args.seeds} seeds)",
               mean["frozen_bn"], mean["updated_bn"], "accuracy", args.seeds, True, versions),
     ]
+    if args.inner_steps:
+        entries.append(entry(
+            f"{title}: fo-Proto-MAML ({args.inner_steps} inner steps) vs protonet (mean of "
+            f"{args.seeds} seeds)", mean["fo_proto_maml"], mean["frozen_bn"], "accuracy",
+            args.seeds, True, versions, inner_steps=args.inner_steps))
     print_table(entries)
     print(f"results: {write_results(args.name, entries)}")
 

@@ -345,3 +345,8 @@ def test_too_few_classes_for_episodes_is_a_clear_error(data_dir, minilm):
     labels = np.repeat(np.arange(3), 20)
     with pytest.raises(ConfigError, match="Lower --n-way"):
         meta_evaluate(np.zeros((60, 4), np.float32), labels, ["a", "b", "c"], n_way=5)
+    with pytest.raises(ConfigError, match="--inner-steps must be >= 0"):
+        meta_evaluate(np.zeros((60, 4), np.float32), labels, ["a", "b", "c"], n_way=3,
+                      inner_steps=-1)
+    with pytest.raises(ConfigError, match="inner_lr > 0"):
+        Classifier(minilm, "protonet", strategy_options={"inner_steps": 5, "inner_lr": 0})

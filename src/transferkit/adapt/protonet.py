@@ -175,6 +175,9 @@ def meta_evaluate(features: np.ndarray, labels: np.ndarray, classes: list[str], 
     (1.96 standard errors, the convention of the few-shot literature); ``inner_steps`` as in
     :func:`episode_accuracies`."""
     check_episodes(labels, classes, n_way, k_shot, n_query, "meta-eval")
+    if inner_steps < 0 or inner_lr <= 0:
+        raise ConfigError(f"--inner-steps must be >= 0 and --inner-lr > 0 (got {inner_steps} "
+                          f"and {inner_lr}).")
     acc = episode_accuracies(features, labels, n_way, k_shot, n_query, episodes, seed,
                              scale, inner_steps, inner_lr)
     return {"accuracy": float(acc.mean()), "ci95": float(1.96 * acc.std(ddof=1)

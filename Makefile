@@ -36,7 +36,7 @@ bench: setup
 	cd benchmarks && ../$(BIN)/python onnx_engine.py
 	cd benchmarks && ../$(BIN)/python serve.py
 	$(BIN)/pip install --quiet -e '.[bench]'
-	cd benchmarks && ../$(BIN)/python fewshot.py --seeds 5,5
+	cd benchmarks && ../$(BIN)/python fewshot.py --seeds 10,10
 	cd benchmarks && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/python pretrain_text.py --experiment chinese \
 		--work ../runs/bench-pretrain-zh --epochs 8
 	cd benchmarks && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/python pretrain_text.py --experiment chinese \

@@ -64,21 +64,33 @@ def run_ours(data, seed: int) -> tuple[float, list[str], dict]:
     return seconds, clf.predict(data.test), clf.fit_info
 
 
-def recorded_peer(paths: list[str], setfit_version: str) -> dict[tuple[str, int, int], dict]:
-    """SetFit's per-seed accuracy and seconds in earlier results files, by (dataset, budget,
-    seed); only from the SetFit version installed now."""
+COLUMNS = ("accuracy_ours", "accuracy_peer", "seconds_ours", "seconds_peer")
+
+
+def recorded_runs(paths: list[str]) -> dict[tuple[str, int, int], dict]:
+    """Every per-seed result in the results files ``paths``, by (dataset, budget, seed): the
+    four ``COLUMNS``, the entry's versions and the file; a later file wins a seed."""
     found = {}
     for path in paths:
         for e in json.loads(Path(path).read_text(encoding="utf-8"))["entries"]:
             if "accuracy_peer" not in e:
                 continue  # a wall-time entry: its per-seed times sit in the accuracy entry
-            if e["versions"]["setfit"] != setfit_version:
-                raise SystemExit(f"{path}: recorded with setfit {e['versions']['setfit']}, "
-                                 f"installed is {setfit_version}; rerun SetFit instead.")
-            ds, budget = e["dataset"], e["per_class"]
-            for seed, a, s in zip(e["seeds"], e["accuracy_peer"], e["seconds_peer"],
-                                  strict=True):
-                found[ds, budget, seed] = {"accuracy": a, "seconds": s, "from": path}
+            for i, seed in enumerate(e["seeds"]):
+                found[e["dataset"], e["per_class"], seed] = {
+                    **{k: e[k][i] for k in COLUMNS}, "versions": e["versions"], "from": path}
+    return found
+
+
+def recorded_peer(paths: list[str], setfit_version: str) -> dict[tuple[str, int, int], dict]:
+    """SetFit's per-seed accuracy and seconds in earlier results files, by (dataset, budget,
+    seed); only from the SetFit version installed now."""
+    found = {}
+    for key, run in recorded_runs(paths).items():
+        if run["versions"]["setfit"] != setfit_version:
+            raise SystemExit(f"{run['from']}: recorded with setfit {run['versions']['setfit']}, "
+                             f"installed is {setfit_version}; rerun SetFit instead.")
+        found[key] = {"accuracy": run["accuracy_peer"], "seconds": run["seconds_peer"],
+                      "from": run["from"]}
     return found
 
 
@@ -89,8 +101,7 @@ def comparison(ds: str, budget: int, runs: dict[int, dict], versions: dict[str, 
     from common import entry
 
     seeds = sorted(runs)
-    col = {k: [runs[s][k] for s in seeds] for k in (
-        "accuracy_ours", "accuracy_peer", "seconds_ours", "seconds_peer")}
+    col = {k: [runs[s][k] for s in seeds] for k in COLUMNS}
     diff = [o - p for o, p in zip(col["accuracy_ours"], col["accuracy_peer"], strict=True)]
     paired = {"mean_difference": statistics.mean(diff)}
     if len(diff) > 1:  # paired over seeds: how many standard errors the mean difference is
@@ -116,20 +127,15 @@ def combine(paths: list[str], name: str) -> None:
     """One table over every seed that the results files ``paths`` hold."""
     from common import print_table, write_results
 
-    runs: dict[tuple[str, int], dict[int, dict]] = {}
-    versions, sources = {}, {}
-    for path in paths:
-        for e in json.loads(Path(path).read_text(encoding="utf-8"))["entries"]:
-            if "accuracy_peer" not in e:
-                continue  # a wall-time entry: its per-seed times sit in the accuracy entry
-            key = e["dataset"], e["per_class"]
-            for i, seed in enumerate(e["seeds"]):
-                runs.setdefault(key, {})[seed] = {k: e[k][i] for k in (
-                    "accuracy_ours", "accuracy_peer", "seconds_ours", "seconds_peer")}
-            versions[key] = e["versions"]
-            sources.setdefault(key, []).append(path)
-    entries = [x for key in sorted(runs, key=lambda k: (k[1], k[0])) for x in comparison(
-        *key, runs[key], versions[key], combined_from=sources[key])]
+    groups: dict[tuple[str, int], dict[int, dict]] = {}
+    for (ds, budget, seed), run in recorded_runs(paths).items():
+        groups.setdefault((ds, budget), {})[seed] = run
+    entries = []
+    for key in sorted(groups, key=lambda k: (k[1], k[0])):  # small budgets first
+        runs = groups[key]
+        last = runs[max(runs)]
+        sources = list(dict.fromkeys(r["from"] for r in runs.values()))
+        entries += comparison(*key, runs, last["versions"], combined_from=sources)
     print_table(entries)
     print(f"results: {write_results(name, entries)}")
 

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pandas as pd
 import pytest
-
-
-def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "transferkit", *map(str, args)],
-                          capture_output=True, text=True, cwd=cwd, timeout=600)
+from cli_helpers import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from cli_helpers import run_cli
 from weight_helpers import changed_tensors
 
 from transferkit import Classifier, load_data
@@ -251,9 +252,6 @@ def test_protonet_beats_raw_prototypes_on_new_classes(data_dir, minilm, protonet
 
 
 def test_predict_with_support_of_new_classes(data_dir, protonet_run, tmp_path):
-    import subprocess
-    import sys
-
     _, run = protonet_run
     train = pd.read_csv(data_dir / "thucnews_titles.train.csv", keep_default_na=False)
     test = pd.read_csv(data_dir / "thucnews_titles.test.csv", keep_default_na=False)
@@ -261,10 +259,8 @@ def test_predict_with_support_of_new_classes(data_dir, protonet_run, tmp_path):
     queries = pd.concat([test[test.label == c].head(40) for c in NOVEL])
     support.to_csv(tmp_path / "support.csv", index=False)
     queries.to_csv(tmp_path / "queries.csv", index=False)
-    done = subprocess.run([sys.executable, "-m", "transferkit", "predict", str(run),
-                           str(tmp_path / "queries.csv"), "--output", str(tmp_path / "p.csv"),
-                           "--support", str(tmp_path / "support.csv")],
-                          capture_output=True, text=True, timeout=600)
+    done = run_cli("predict", run, tmp_path / "queries.csv", "--output", tmp_path / "p.csv",
+                   "--support", tmp_path / "support.csv")
     assert done.returncode == 0, done.stderr
     pred = pd.read_csv(tmp_path / "p.csv", keep_default_na=False)
     assert {c for c in pred.columns if c.startswith("prob_")} == {f"prob_{c}" for c in NOVEL}
@@ -302,8 +298,6 @@ def test_fo_proto_maml_from_the_command_line(data_dir, minilm, tmp_path):
     class (4 episodes), then meta-eval on 40 of each new class: above raw-feature prototypes
     by more than the confidence interval."""
     import json
-    import subprocess
-    import sys
 
     from transferkit.adapt import TransferModel
     from transferkit.adapt.protonet import read_labelled
@@ -316,8 +310,7 @@ def test_fo_proto_maml_from_the_command_line(data_dir, minilm, tmp_path):
                                                                   index=False)
 
     def cli(*args):
-        done = subprocess.run([sys.executable, "-m", "transferkit", *map(str, args)],
-                              capture_output=True, text=True, timeout=600)
+        done = run_cli(*args)
         assert done.returncode == 0, done.stderr
         return done.stdout
 

@@ -92,6 +92,18 @@ def adapt_head(weight: torch.Tensor, bias: torch.Tensor, features: torch.Tensor,
     return (w - w0).to(weight.dtype), (b - b0).to(bias.dtype)
 
 
+def adapted_prototype_logits(support: torch.Tensor, query: torch.Tensor, n_way: int,
+                             k_shot: int, scale: float, steps: int, lr: float) -> torch.Tensor:
+    """Query logits [..., N*Q, N] of the prototype head of ``support`` [..., N*K, D]
+    (class-major) after ``steps`` of :func:`adapt_head` on it; leading dimensions are
+    independent episodes."""
+    protos = support.reshape(*support.shape[:-2], n_way, k_shot, -1).mean(-2)
+    weight, bias = 2 * scale * protos, -scale * protos.pow(2).sum(-1)
+    shots = torch.arange(n_way, device=support.device).repeat_interleave(k_shot)
+    d_weight, d_bias = adapt_head(weight, bias, support, shots, steps, lr)
+    return query @ (weight + d_weight).transpose(-1, -2) + (bias + d_bias).unsqueeze(-2)
+
+
 def softmax_scale(features: np.ndarray, scale: float = DEFAULT_SCALE) -> float:
     """``scale`` (meant for unit-norm embeddings) over the mean squared norm of ``features``."""
     sq = float(np.mean(np.sum(np.square(features, dtype=np.float64), axis=1)))
@@ -106,16 +118,14 @@ def prototype_criterion(n_way: int, k_shot: int, n_query: int, scale: float,
     head after that many gradient steps on the support (:func:`adapt_head`)."""
     def criterion(emb: torch.Tensor, _labels: torch.Tensor) -> torch.Tensor:
         support, query = emb[:n_way * k_shot], emb[n_way * k_shot:]
-        protos = support.reshape(n_way, k_shot, -1).mean(1)
         target = torch.arange(n_way, device=emb.device).repeat_interleave(n_query)
-        if not inner_steps:
+        if inner_steps:
+            logits = adapted_prototype_logits(support, query, n_way, k_shot, scale,
+                                              inner_steps, inner_lr).float()
+        else:
+            protos = support.reshape(n_way, k_shot, -1).mean(1)
             logits = -scale * torch.cdist(query, protos).pow(2)
-            return nn.functional.cross_entropy(logits, target)
-        weight, bias = 2 * scale * protos, -scale * protos.pow(2).sum(1)
-        shots = torch.arange(n_way, device=emb.device).repeat_interleave(k_shot)
-        d_weight, d_bias = adapt_head(weight, bias, support, shots, inner_steps, inner_lr)
-        logits = query @ (weight + d_weight).T + (bias + d_bias)
-        return nn.functional.cross_entropy(logits.float(), target)
+        return nn.functional.cross_entropy(logits, target)
 
     return criterion
 
@@ -150,18 +160,15 @@ def episode_accuracies(features: np.ndarray, labels: np.ndarray, n_way: int, k_s
     if inner_steps and scale is None:
         scale = softmax_scale(features)
     target = torch.arange(n_way).repeat_interleave(n_query)
-    shots = torch.arange(n_way).repeat_interleave(k_shot)
     out = []
     for s in range(0, len(draws), chunk):
         emb = x[torch.from_numpy(draws[s:s + chunk])]  # [episodes, N*(K+Q), D]
         support, query = emb[:, :n_way * k_shot], emb[:, n_way * k_shot:]
-        protos = support.reshape(len(emb), n_way, k_shot, -1).mean(2)
         if inner_steps:
-            weight, bias = 2 * scale * protos, -scale * protos.pow(2).sum(-1)
-            d_weight, d_bias = adapt_head(weight, bias, support, shots, inner_steps, inner_lr)
-            logits = query @ (weight + d_weight).transpose(1, 2) + (bias + d_bias)[:, None]
-            pred = logits.argmax(-1)
+            pred = adapted_prototype_logits(support, query, n_way, k_shot, scale, inner_steps,
+                                            inner_lr).argmax(-1)
         else:
+            protos = support.reshape(len(emb), n_way, k_shot, -1).mean(2)
             pred = torch.cdist(query, protos).argmin(-1)
         out.append((pred == target).double().mean(1))
     return torch.cat(out).numpy()

@@ -6,7 +6,6 @@ import os
 import platform
 import random
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +16,8 @@ import numpy as np
 import torch
 
 from . import __version__
-from ._io import make_temp_dir, ordinary_permissions, write_json, write_text
+from ._io import ordinary_permissions, write_json, write_text
+from ._outputs import check_out_folder, mark_folder, staged_output
 from .adapt import FitContext, TransferModel, get_strategy, label_indices
 from .backbones import Backbone, load_backbone
 from .config import FitConfig, dump_yaml
@@ -110,6 +110,11 @@ class Classifier:
     def classes(self) -> list[str]:
         return self._require_model().classes
 
+    @property
+    def modality(self) -> str:
+        """What the model reads: text, image (what ``predict_file`` checks inputs against)."""
+        return self._require_model().backbone.modality
+
     def predict_proba(self, inputs: list[Any] | Examples) -> np.ndarray:
         model = self._require_model()
         examples = inputs if isinstance(inputs, Examples) else Examples(
@@ -131,7 +136,8 @@ class Classifier:
             examples = data
         else:
             examples = evaluation_examples(data, model.classes, delimiter=model.delimiter
-                                           if model.multilabel else None, **read_options)
+                                           if model.multilabel else None,
+                                           modality=model.backbone.modality, **read_options)
         proba = self.predict_proba(examples)
         truth = label_indices(examples, model.classes)
         if model.multilabel:
@@ -139,11 +145,11 @@ class Classifier:
         return compute_metrics(truth, proba, model.classes)
 
     # -- reuse ----------------------------------------------------------------------------
-    def save(self, directory: str | Path, overwrite: bool = False) -> Path:
+    def save(self, directory: str | Path, overwrite: bool = False, inputs: Any = ()) -> Path:
         from .reuse.artifact import save_model
 
         directory = Path(directory)
-        with staged_output(directory, overwrite) as stage:
+        with staged_output(directory, overwrite, inputs=inputs) as stage:
             save_model(self._require_model(), stage, self.strategy_record())
         return directory
 
@@ -230,12 +236,16 @@ class Classifier:
 
 def evaluation_examples(source: str | Path, classes: list[str], *,
                         text_column: str | None = None, label_column: str | None = None,
-                        delimiter: str | None = None) -> Examples:
+                        delimiter: str | None = None, modality: str | None = None
+                        ) -> Examples:
     """Labelled examples from a file for ``evaluate``: bad rows and unknown labels dropped."""
     from .data import DataReport
     from .data.validate import canonical_multilabels, clean_rows, drop_unseen_labels
 
     examples = pick_split(source, read_source(source, text_column, label_column), "test")
+    if modality and examples.modality != modality:
+        raise ConfigError(f"{source} holds {examples.modality} examples, but the model reads "
+                          f"{modality}: evaluate it on {modality} data.")
     if delimiter:
         examples = canonical_multilabels(examples, delimiter)
     report = DataReport()
@@ -243,48 +253,6 @@ def evaluation_examples(source: str | Path, classes: list[str], *,
     if len(examples) == 0:
         raise ArtifactError(f"{source}: no usable labelled rows ({issue_summary(report)}).")
     return examples
-
-
-class staged_output:  # noqa: N801  (used as a context manager, reads like one)
-    """Build a run folder under a temporary name; move it into place only when complete.
-
-    Without ``overwrite`` an existing non-empty folder is refused up front; with it, the old
-    folder is replaced only after the new one is whole, so a failed run loses nothing.
-    """
-
-    def __init__(self, target: Path, overwrite: bool, main_process: bool = True) -> None:
-        self.target = Path(target)
-        self.overwrite = overwrite
-        self.main_process = main_process
-
-    def __enter__(self) -> Path:
-        t = self.target
-        if not self.main_process:  # other DDP ranks train too, but write into a scratch folder
-            self.stage = Path(tempfile.mkdtemp(prefix="transferkit-rank-"))
-            return self.stage
-        if t.exists() and (not t.is_dir() or any(t.iterdir())) and not self.overwrite:
-            raise ArtifactError(
-                f"Output folder {t} already exists. Choose another --out, or pass --overwrite "
-                "to replace it once the new run has finished."
-            )
-        t.parent.mkdir(parents=True, exist_ok=True)
-        self.stage = make_temp_dir(f".{t.name}.partial-", t.parent)
-        return self.stage
-
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        if exc_type is not None or not self.main_process:
-            shutil.rmtree(self.stage, ignore_errors=True)
-            return
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            self.target.rename(old)
-            self.stage.rename(self.target)
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
-        else:
-            self.stage.rename(self.target)
 
 
 def checkpoint_dir_for(out: Path) -> Path:
@@ -312,7 +280,8 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
     out = Path(config.out)
     # Under `accelerate launch` / torchrun every rank runs this; only rank 0 writes the run.
     main_process = int(os.environ.get("RANK", "0")) == 0
-    with staged_output(out, config.overwrite, main_process) as stage:
+    inputs = [config.train, config.valid, config.test]
+    with staged_output(out, config.overwrite, main_process, inputs=inputs) as stage:
         if data is None:
             data = load_data(
                 config.train, config.valid, config.test, text_column=config.text_column,
@@ -424,8 +393,7 @@ def study(
     from .evaluate.study import StudyPlan, parse_budgets, run_study
 
     out = Path(out)
-    data = load_data(train, valid, test, text_column=text_column, label_column=label_column,
-                     seed=seed)
+    check_out_folder(out, overwrite=True, inputs=[train, valid, test])  # links, inputs, cwd
     plan = StudyPlan(
         budgets=parse_budgets(budgets) if isinstance(budgets, str) else list(budgets),
         strategies=[s.strip() for s in strategies.split(",")] if isinstance(strategies, str)
@@ -433,29 +401,46 @@ def study(
         seeds=[seed + i for i in range(seeds)], backbone=backbone, epochs=epochs,
         batch_size=batch_size, precision=precision, image_size=image_size,
         strategy_options=dict(strategy_options or {}))
+    plan.validate()
     stray = sorted(set(plan.strategy_options) - set(plan.strategies))
     if stray:
         raise ConfigError(f"strategy_options name {', '.join(stray)}, which this study does not "
                           f"run (its strategies: {', '.join(plan.strategies)}).")
+    data = load_data(train, valid, test, text_column=text_column, label_column=label_column,
+                     seed=seed)
     identity = {"data": data.train.fingerprint() + data.test.fingerprint(),
                 "backbone": backbone, "epochs": epochs, "image_size": image_size,
                 "precision": precision, "batch_size": batch_size}
     if plan.strategy_options:  # only when set: studies made before the option still resume
         identity["strategy_options"] = plan.strategy_options
     marker = out / "study_identity.json"
-    if marker.is_file() and not overwrite:
-        import json
+    started = out.is_dir() and any(out.iterdir())
+    if started and not overwrite and not marker.is_file():
+        raise ArtifactError(f"{out} is a transferkit folder but not a study; choose another "
+                            "--out, or pass --overwrite to replace it.")
+    if started and not overwrite and _read_json(marker) != identity:
+        raise ArtifactError(
+            f"{out} holds a study of other data or settings; its finished cells cannot be "
+            "reused. Choose another --out, or pass --overwrite to start it afresh.")
 
-        if json.loads(marker.read_text()) != identity:
-            raise ArtifactError(
-                f"{out} holds a study of other data or settings; its finished cells cannot be "
-                "reused. Choose another --out, or pass --overwrite to start it afresh."
-            )
-    elif out.exists() and overwrite:
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(marker, identity)
-    return run_study(data, plan, out, progress)
+    def claim_out() -> None:
+        """Called once everything is validated and the backbone has loaded."""
+        if started and overwrite:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        mark_folder(out, "study")
+        write_json(marker, identity)
+
+    return run_study(data, plan, out, progress, claim_out)
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
 
 
 def pretrain(corpus: str | Path | list[str | Path], *, out: str | Path = "runs/pretrained",
@@ -489,13 +474,16 @@ def pretrain_run(config: Any, progress: Progress | None = None) -> dict[str, Any
         raise ConfigError("Image pretraining needs --from: a timm name or backbone (with "
                           "--scratch, only its architecture is used, with random weights).")
     start = time.perf_counter()
+    inputs = [*config.corpus, config.source, config.tokenizer]
+    check_out_folder(config.out, config.overwrite, inputs)  # before the corpus is read
     items, report = read_corpus(config.corpus, config.modality, config.text_column)
     seed_everything(config.seed)
     device = resolve_device(config.device)
     out = Path(config.out)
     # Under `accelerate launch` every rank trains; only rank 0 writes the backbone folder.
     main_process = int(os.environ.get("RANK", "0")) == 0
-    with staged_output(out, config.overwrite, main_process) as stage:
+    with staged_output(out, config.overwrite, main_process, kind="backbone",
+                       inputs=inputs) as stage:
         if config.modality == "text":
             from .pretrain.text import pretrain_text
 

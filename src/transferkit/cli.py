@@ -23,6 +23,22 @@ out = Console()
 Opt = typer.Option
 
 
+def _show_version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        out.print(f"transferkit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, Opt("--version", callback=_show_version, is_eager=True,
+                                       help="Print the version and exit.")] = False) -> None:
+    """Adapt a pretrained model to your labelled data, evaluate it, and reuse it.
+
+    Start with `transferkit demo`, then `transferkit fit DATA --out runs/first`."""
+
+
 @app.command()
 def fit(
     train: Annotated[str | None, typer.Argument(
@@ -284,11 +300,15 @@ def evaluate(
     text_column: Annotated[str | None, Opt(help="Text column.")] = None,
     label_column: Annotated[str | None, Opt(help="Label column.")] = None,
     output: Annotated[Path | None, Opt(help="Also write the metrics to this JSON file.")] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing --output.")] = False,
 ) -> None:
     """Evaluate a saved model on labelled data."""
     from ._io import write_json
+    from ._outputs import check_output_file
     from .api import Classifier
 
+    if output:
+        check_output_file(output, overwrite, inputs=[run, data])
     clf = Classifier.load(run)
     metrics = clf.evaluate(data, text_column=text_column, label_column=label_column)
     out.print(_metrics_table(metrics, f"{run} on {data}"))
@@ -317,10 +337,12 @@ def predict(
     ] = None,
 ) -> None:
     """Predict labels and class probabilities for every row of a file."""
+    from ._outputs import check_output_file
     from .reuse.engines import load_engine
-    from .reuse.predict import predict_file, refuse_existing
+    from .reuse.predict import predict_file
 
-    refuse_existing(output, overwrite)
+    inputs_used = (run, inputs, support)
+    check_output_file(output, overwrite, inputs_used)  # before the model loads
     if support is not None:
         if engine != "torch":
             raise TransferkitError("--support builds prototypes with the torch engine: drop "
@@ -332,7 +354,7 @@ def predict(
     else:
         model = load_engine(run, engine, int8=int8, precision=precision, batch_size=batch_size)
     path, n_ok, n_bad = predict_file(model, inputs, output, text_column=text_column,
-                                     overwrite=overwrite)
+                                     overwrite=overwrite, inputs=inputs_used)
     skipped = f" ({n_bad} unreadable rows left with an empty label)" if n_bad else ""
     out.print(f"{n_ok} predictions written to {path}{skipped}")
 
@@ -460,9 +482,11 @@ def meta_train(
 ) -> None:
     """Meta-train a prototypical network (or fo-Proto-MAML) on base classes (N-way K-shot
     episodes)."""
+    from ._outputs import check_out_folder
     from .adapt.protonet import meta_train_data
     from .api import Classifier
 
+    check_out_folder(out_dir, overwrite, inputs=[data, valid, backbone])  # before training
     dataset = meta_train_data(data, _class_list(classes), valid=valid, per_class=per_class,
                               seed=seed, text_column=text_column, label_column=label_column)
     options = {"n_way": n_way, "k_shot": k_shot, "n_query": n_query, "episodes": episodes,
@@ -470,7 +494,7 @@ def meta_train(
     clf = _with_progress(lambda progress: _fit_with_progress(
         Classifier(backbone, "protonet", strategy_options=options, seed=seed,
                    batch_size=batch_size), dataset, progress))
-    clf.save(out_dir, overwrite=overwrite)
+    clf.save(out_dir, overwrite=overwrite, inputs=[data, valid, backbone])
     info = clf.fit_info.get("meta_train", {})
     out.print(f"meta-trained {n_way}-way {k_shot}-shot on {len(dataset.classes)} base classes "
               f"({len(dataset.train)} examples): {info.get('steps')} episodes in "
@@ -509,15 +533,19 @@ def meta_eval(
     batch_size: Annotated[int, Opt(help="Batch size for feature extraction.")] = 32,
     output: Annotated[Path | None, Opt(help="Also write the result to this JSON file.")
                       ] = None,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an existing --output.")] = False,
 ) -> None:
     """N-way K-shot accuracy on held-out classes, mean and 95% CI over many episodes."""
     import numpy as np
 
     from ._io import write_json
+    from ._outputs import check_output_file
     from .adapt import TransferModel
     from .adapt.protonet import INNER_LR, meta_evaluate, read_labelled
     from .api import Classifier
 
+    if output:
+        check_output_file(output, overwrite, inputs=[model, data])
     if (Path(model) / "config.json").is_file():
         clf = Classifier.load(model, batch_size=batch_size)
     else:
@@ -647,24 +675,20 @@ def demo(
 
 
 def main() -> None:
-    try:
-        app(standalone_mode=False)
-    except TransferkitError as e:
-        console.print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(2)
-    except typer.Abort:
-        console.print("aborted")
-        sys.exit(130)
-    except (typer.Exit, SystemExit) as e:
-        code = getattr(e, "exit_code", getattr(e, "code", 0))
-        sys.exit(code)
-    except Exception as e:  # click usage errors carry their own exit code
-        import click
+    """Usage mistakes are click's (typer runs its own bundled copy of click, whose errors it
+    shows as a short message with exit 2 in standalone mode); a TransferkitError is a
+    mistake in what the user asked for, shown the same way."""
+    import logging
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        raise
+    from rich.logging import RichHandler
+
+    logging.getLogger("transferkit").addHandler(RichHandler(
+        console=console, show_time=False, show_path=False, show_level=False))
+    try:
+        app()
+    except TransferkitError as e:
+        console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -88,21 +88,50 @@ class PretrainConfig(BaseModel):
     resume: bool = False
 
 
+# Settings a file never carries: each changes what a command may destroy or run, so it must
+# be said on the command line (or in Python) each time, never inherited from a saved run.
+COMMAND_LINE_ONLY = ("overwrite", "resume", "trust_remote_code")
+
+
 def _normalise_keys(raw: dict[str, Any]) -> dict[str, Any]:
     return {str(k).replace("-", "_"): v for k, v in raw.items()}
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def did_you_mean(word: str, choices: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice, or nothing when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def load_yaml(path: str | Path, model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """A YAML config's values, checked against ``model``'s fields (default ``FitConfig``).
+
+    An unknown key names the file and lists the valid ones; ``trust_remote_code: true`` is
+    refused; ``overwrite`` and ``resume`` are dropped (run.yaml files saved by older
+    versions carry them), so replaying a saved run never deletes anything."""
+    model = model or FitConfig
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"Config file {p} does not exist.")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as e:
         raise ConfigError(f"{p}: not valid YAML ({e}).") from e
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: expected a mapping of option: value at the top level.")
-    return _normalise_keys(raw)
+    values = _normalise_keys(raw)
+    if values.get("trust_remote_code"):
+        raise ConfigError(f"{p} sets trust_remote_code, which a config file may not do: "
+                          "running a model's own code must be asked for each time. Remove "
+                          "the line and pass --trust-remote-code on the command line.")
+    valid = [k for k in model.model_fields if k not in COMMAND_LINE_ONLY]
+    unknown = [k for k in values if k not in valid and k not in COMMAND_LINE_ONLY]
+    if unknown:
+        raise ConfigError(f"{p}: unknown key '{unknown[0]}'{did_you_mean(unknown[0], valid)}."
+                          f" Valid keys: {', '.join(valid)}.")
+    return {k: v for k, v in values.items() if k not in COMMAND_LINE_ONLY}
 
 
 def build_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> FitConfig:
@@ -119,4 +148,6 @@ def build_config(file_values: dict[str, Any], cli_values: dict[str, Any]) -> Fit
 
 
 def dump_yaml(config: BaseModel) -> str:
-    return yaml.safe_dump(config.model_dump(), sort_keys=False, allow_unicode=True)
+    """The config to save with a run: everything but the command-line-only settings."""
+    return yaml.safe_dump(config.model_dump(exclude=set(COMMAND_LINE_ONLY)), sort_keys=False,
+                          allow_unicode=True)

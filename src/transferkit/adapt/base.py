@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..config import did_you_mean
 from ..data.examples import Dataset, Examples
 from ..errors import ConfigError
 from ..train.cache import ExtractionStats, FeatureCache, extract_features
@@ -96,8 +97,8 @@ def register(cls: type[Strategy]) -> type[Strategy]:
 def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
     if name not in STRATEGIES:
         raise ConfigError(
-            f"Unknown strategy '{name}'. Available: {', '.join(sorted(STRATEGIES))}."
-        )
+            f"Unknown strategy '{name}'{did_you_mean(name, STRATEGIES)}. Available: "
+            f"{', '.join(sorted(STRATEGIES))}.")
     cls = STRATEGIES[name]
     try:
         return cls(**(options or {}))
@@ -126,8 +127,10 @@ def reject_unknown_options(strategy: Strategy, given: dict[str, Any],
     if unknown:
         own = named_options(type(strategy))
         known = own + sorted(set(allowed) - set(own))
+        first = sorted(unknown)[0]
         raise ConfigError(f"Unknown option(s) for strategy '{strategy.name}': "
-                          f"{', '.join(sorted(unknown))}. Known: {', '.join(known)}.")
+                          f"{', '.join(sorted(unknown))}{did_you_mean(first, known)}. Known: "
+                          f"{', '.join(known)}.")
 
 
 def batchnorm_modules(module: torch.nn.Module) -> list[torch.nn.Module]:

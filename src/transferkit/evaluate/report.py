@@ -62,7 +62,8 @@ def per_label_png(metrics: dict[str, Any]) -> bytes:
 
 def _env() -> Environment:
     return Environment(loader=PackageLoader("transferkit", "templates"),
-                       autoescape=select_autoescape(["html"]))
+                       # templates are named *.html.j2: "html" alone never matched them
+                       autoescape=select_autoescape(["html", "html.j2"]))
 
 
 def write_run_report(directory: Path, context: dict[str, Any]) -> dict[str, Path]:

@@ -41,6 +41,17 @@ class StudyPlan:
     image_size: int | None = None
     strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def validate(self) -> None:
+        """Refuse an unknown strategy before anything is read or written."""
+        from ..adapt import STRATEGIES
+        from ..config import did_you_mean
+
+        known = sorted([*STRATEGIES, *BASELINES])
+        for s in self.strategies:
+            if s not in known:
+                raise ConfigError(f"Unknown study strategy '{s}'{did_you_mean(s, known)}. Use "
+                                  f"any of: {', '.join(known)}.")
+
     def cells(self) -> list[tuple[str, int | str, int]]:
         return [(s, b, seed) for seed in self.seeds for b in self.budgets
                 for s in self.strategies]
@@ -134,21 +145,23 @@ def run_cell(strategy: str, data: Dataset, plan: StudyPlan, pristine: Any, seed:
 
 
 def run_study(data: Dataset, plan: StudyPlan, out: Path,
-              progress: Callable[..., None] | None = None) -> dict[str, Any]:
-    """Run every missing cell, then derive the figures and write the report."""
-    from ..adapt import STRATEGIES
+              progress: Callable[..., None] | None = None,
+              claim_out: Callable[[], None] | None = None) -> dict[str, Any]:
+    """Run every missing cell, then derive the figures and write the report.
+
+    ``claim_out`` prepares the study folder; it is called once the backbone has loaded, so
+    a study that cannot start leaves the folder as it was."""
     from ..backbones import load_backbone
     from .study_report import summarise, write_study_report
 
-    for s in plan.strategies:
-        if s not in STRATEGIES and s not in BASELINES:
-            raise ConfigError(f"Unknown study strategy '{s}'. Use any of: "
-                              f"{', '.join(sorted([*STRATEGIES, *BASELINES]))}.")
-    cells_dir = out / "cells"
-    cells_dir.mkdir(parents=True, exist_ok=True)
+    plan.validate()
     needs_backbone = any(s not in BASELINES for s in plan.strategies)
     pristine = load_backbone(plan.backbone, image_size=plan.image_size) if needs_backbone \
         else None
+    if claim_out is not None:
+        claim_out()
+    cells_dir = out / "cells"
+    cells_dir.mkdir(parents=True, exist_ok=True)
     flops = forward_flops_per_example(pristine, data.train.inputs[:16]) if pristine else 0.0
     memo: dict = {}
     t_shared = time.perf_counter()

@@ -3,42 +3,38 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from .._io import write_with
+from .._outputs import check_output_file
 from ..data import DataReport, pick_split, read_source
 from ..data.examples import TEXT
 from ..data.validate import clean_rows
-from ..errors import ArtifactError
+from ..errors import DataError
 
 if TYPE_CHECKING:
     from .engines import Engine
 
 
-def refuse_existing(output: str | Path, overwrite: bool) -> Path:
-    """The output path, unless a file is there already and may not be replaced (checked
-    before a model is loaded, so the user does not wait for an error)."""
-    output = Path(output)
-    if output.exists() and not overwrite:
-        raise ArtifactError(
-            f"{output} already exists. Choose another --output or pass --overwrite."
-        )
-    return output
-
-
 def predict_file(
     engine: Engine, source: str | Path, output: str | Path, *, text_column: str | None = None,
-    overwrite: bool = False,
+    overwrite: bool = False, inputs: tuple[Any, ...] = (),
 ) -> tuple[Path, int, int]:
     """Predict every row of ``source``; rows that cannot be read keep their place in the output
     with an empty label and the reason, so the output lines up with the input.
 
     ``engine`` comes from :func:`transferkit.reuse.engines.load_engine` (torch or ONNX)."""
-    output = refuse_existing(output, overwrite)
+    output = check_output_file(output, overwrite, inputs=(source, *inputs))
     examples = pick_split(source, read_source(source, text_column=text_column,
                                               require_labels=False), "test")
+    if examples.modality != engine.modality:
+        raise DataError(
+            f"{source} holds {examples.modality} inputs, but the model reads "
+            f"{engine.modality}: give it {engine.modality} inputs ("
+            + ("a CSV/JSONL/Parquet/TXT file of texts" if engine.modality == TEXT else
+               "a folder of images or an .npz file") + ").")
     usable = clean_rows(examples, DataReport(), require_labels=False)
     good = {o: i for i, o in enumerate(usable.origins)}
     proba = engine.predict_proba(list(usable.inputs))

@@ -288,6 +288,7 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
                 label_column=config.label_column, per_class=config.per_class, seed=config.seed,
                 test_size=config.test_size, strict=config.strict,
                 max_bad_fraction=config.max_bad_fraction, label_delimiter=config.label_delimiter,
+                max_text_chars=config.max_text_chars,
             )
         clf = Classifier(
             config.backbone, config.strategy, strategy_options=config.strategy_options,

@@ -77,6 +77,8 @@ def fit(
     device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:N. [auto]")] = None,
     strict: Annotated[bool | None, Opt("--strict/--no-strict",
                                        help="Fail on any bad row instead of skipping it.")] = None,
+    max_text_chars: Annotated[int | None, Opt(
+        help="Skip (and report) texts longer than this many characters. [100000]")] = None,
     baseline: Annotated[bool | None, Opt(
         "--baseline/--no-baseline",
         help="Also train a no-pretraining baseline (TF-IDF or raw pixels) on the same split."),
@@ -139,7 +141,8 @@ def fit(
         label_delimiter=label_delimiter,
         test_size=test_size, seed=seed, batch_size=batch_size, precision=precision,
         pooling=pooling, max_length=max_length, image_size=image_size, device=device,
-        strict=strict, compare_baseline=baseline, overwrite=overwrite,
+        strict=strict, max_text_chars=max_text_chars, compare_baseline=baseline,
+        overwrite=overwrite,
         cache=False if no_cache else None, trust_remote_code=True if trust_remote_code else None,
     )
     strategy_flags = dict(

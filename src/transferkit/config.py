@@ -30,6 +30,7 @@ class FitConfig(BaseModel):
     test_size: float = Field(default=0.2, gt=0, lt=1)
     strict: bool = False
     max_bad_fraction: float = Field(default=0.2, ge=0, le=1)
+    max_text_chars: int = Field(default=100_000, ge=1)  # longer texts are reported bad rows
     backbone: str = "minilm"
     trust_remote_code: bool = False  # run code shipped with the backbone (explicit only)
     pooling: Literal["mean", "cls", "max", "last"] | None = None

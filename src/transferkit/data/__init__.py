@@ -15,6 +15,7 @@ from .images import is_image_folder, read_image_folder, read_npz
 from .split import per_class_budget, stratified_split
 from .tables import TABLE_SUFFIXES, is_hf_disk_dataset, read_hf_dataset, read_table
 from .validate import (
+    MAX_TEXT_CHARS,
     canonical_multilabels,
     clean_rows,
     drop_leakage,
@@ -101,8 +102,13 @@ def load_data(
     strict: bool = False,
     max_bad_fraction: float = 0.2,
     label_delimiter: str | None = None,
+    max_text_chars: int = MAX_TEXT_CHARS,
 ) -> Dataset:
-    """Read, validate and split labelled data for training and evaluation."""
+    """Read, validate and split labelled data for training and evaluation.
+
+    Labels are the file's text (see ``cells``): a cell reading empty, NA, N/A, NaN, null or
+    None is a missing label (a reported bad row, never a class); a JSON label column mixing
+    numbers and strings is refused. Texts longer than ``max_text_chars`` are bad rows."""
     report = DataReport()
     train_splits = read_source(train, text_column, label_column)
     train_ex = pick_split(train, train_splits, "train")
@@ -116,9 +122,11 @@ def load_data(
             canonical_multilabels(ex, label_delimiter) if ex is not None else None
             for ex in (train_ex, valid_ex, test_ex))
     sizes = {ex.source: len(ex) for ex in (train_ex, valid_ex, test_ex) if ex is not None}
-    train_ex = clean_rows(train_ex, report, require_labels=True)
-    valid_ex = clean_rows(valid_ex, report, True) if valid_ex is not None else None
-    test_ex = clean_rows(test_ex, report, True) if test_ex is not None else None
+    train_ex, valid_ex, test_ex = (
+        clean_rows(ex, report, True, max_text_chars) if ex is not None else None
+        for ex in (train_ex, valid_ex, test_ex))
+    # Too many bad rows is the finding to report, not the "fewer than two classes" they cause.
+    enforce_policy(report, sizes, False, max_bad_fraction)
     for ex in (valid_ex, test_ex):
         if ex is not None and ex.modality != train_ex.modality:
             raise DataError(

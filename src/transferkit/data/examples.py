@@ -90,6 +90,7 @@ class DataIssue:
 # Human names of issue kinds, used in reports and in --strict errors.
 ISSUE_NAMES = {
     "empty_text": "empty or missing text",
+    "long_text": "text longer than max_text_chars (split it, or raise max_text_chars)",
     "missing_label": "missing label",
     "unseen_label": "label not present in the training data",
     "bad_image": "unreadable or truncated image",

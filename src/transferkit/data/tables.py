@@ -1,18 +1,32 @@
-"""Text tables: CSV, TSV, JSONL, Parquet, and Hugging Face ``datasets`` (by name or on disk)."""
+"""Text tables: CSV, TSV, JSONL, Parquet, and Hugging Face ``datasets`` (by name or on disk).
+
+Every reader returns the table and, for each of its rows, the number the user sees: the data
+row of a CSV (1 = the first row under the header), the line of a JSONL file. Parsing is linear
+in the file's size: the CSV header is read by us (pandas de-duplicates repeated column names
+in quadratic time, which made a 1 MB one-line file take minutes), and JSON lines one by one.
+"""
 
 from __future__ import annotations
 
+import csv
+import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
 from ..errors import DataError
-from .examples import TEXT, Examples
+from .cells import column_list, to_examples
+from .examples import Examples
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pq", ".txt"}
 TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "review", "document", "body", "question")
 LABEL_COLUMN_GUESSES = ("label", "labels", "category", "class", "target", "y")
+# A text table has a handful of columns; a first line with more is not a header (a file of
+# one long line, or the wrong separator), and building a frame that wide takes long.
+MAX_COLUMNS = 10_000
+HEADER_HINT = ("The first line of a CSV names its columns (e.g. text,label): add such a line, "
+               "or check the separator (a .tsv file is read with tabs).")
 
 
 def is_hf_disk_dataset(path: Path) -> bool:
@@ -21,33 +35,128 @@ def is_hf_disk_dataset(path: Path) -> bool:
     )
 
 
-def read_table_frame(path: Path) -> tuple[pd.DataFrame, int]:
-    """Read a table file into strings; return it with the offset from index to the user's row."""
+def read_table_frame(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """Read a table file; return it with the row number the user sees for each of its rows."""
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            sep = "\t" if suffix == ".tsv" else ","
-            # dtype=str + keep_default_na=False: "NA", "null" or "0123" are texts, not NaN/ints.
-            return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False), 1
-        if suffix in (".jsonl", ".json"):
-            return pd.read_json(path, lines=suffix == ".jsonl", dtype=False), 1
-        if suffix in (".parquet", ".pq"):
-            return pd.read_parquet(path), 1
-        if suffix == ".txt":
-            lines = path.read_text(encoding="utf-8").splitlines()
-            return pd.DataFrame({"text": lines}), 1
+            frame = _read_csv(path, "\t" if suffix == ".tsv" else ",")
+        elif suffix == ".jsonl":
+            return _read_jsonl(path)
+        elif suffix == ".json":
+            frame = _read_json(path)
+        elif suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        elif suffix == ".txt":
+            frame = pd.DataFrame({"text": path.read_text(encoding="utf-8").splitlines()})
+        else:
+            raise DataError(
+                f"{path}: unsupported file type '{suffix}'. Use .csv, .tsv, .jsonl, .parquet or "
+                ".txt, an image folder (root/<class>/*.jpg), an .npz with 'images' and "
+                "'labels', or a Hugging Face dataset."
+            )
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 text ({e}). Re-save the file as UTF-8.") from e
-    except (ValueError, pd.errors.ParserError) as e:
+    except pd.errors.ParserError as e:
+        raise DataError(
+            f"{path}: cannot parse as {suffix.lstrip('.').upper()} ({str(e).strip()}). A row "
+            "with more fields than the header usually holds an unquoted separator: quote such "
+            "texts (\"a, b\"), or check the separator."
+        ) from e
+    except ValueError as e:
         raise DataError(
             f"{path}: cannot parse as {suffix.lstrip('.').upper()} ({e}). Check the file format, "
             "or rename it with the right extension (.csv, .tsv, .jsonl, .parquet)."
         ) from e
-    raise DataError(
-        f"{path}: unsupported file type '{suffix}'. Use .csv, .tsv, .jsonl, .parquet or .txt, "
-        "an image folder (root/<class>/*.jpg), an .npz with 'images' and 'labels', or a "
-        "Hugging Face dataset."
-    )
+    return frame, list(range(1, len(frame) + 1))
+
+
+def _read_csv(path: Path, sep: str) -> pd.DataFrame:
+    """All cells as the file's strings ("NA", "null", "0123" stay text), header read by us."""
+    _check_header(path, sep)
+    frame = pd.read_csv(path, sep=sep, header=None, dtype=str, keep_default_na=False)
+    names = unique_names(frame.iloc[0].tolist())
+    frame = frame.iloc[1:].reset_index(drop=True)
+    frame.columns = names
+    return frame
+
+
+def _check_header(path: Path, sep: str) -> None:
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        try:
+            header = next((record for record in csv.reader(f, delimiter=sep) if record), None)
+        except csv.Error as e:  # e.g. a first line that is one field of a whole text
+            raise DataError(f"{path}: the first line is not a header ({e}). {HEADER_HINT}") from e
+    if header is None:
+        raise DataError(f"{path}: the file has no rows. Point transferkit at a file with data.")
+    if len(header) > MAX_COLUMNS:
+        raise DataError(
+            f"{path}: the first line has {len(header):,} columns, more than the "
+            f"{MAX_COLUMNS:,} a table of texts can have. {HEADER_HINT}"
+        )
+
+
+def unique_names(header: Sequence[object]) -> list[str]:
+    """Column names as pandas makes them ("Unnamed: 2", "x", "x.1"), in linear time."""
+    seen: set[str] = set()
+    counts: dict[str, int] = {}
+    names = []
+    for i, value in enumerate(header):
+        name = str(value) if str(value) else f"Unnamed: {i}"
+        k = counts.get(name, 0)
+        candidate = name if k == 0 else f"{name}.{k}"
+        while candidate in seen:
+            k += 1
+            candidate = f"{name}.{k}"
+        counts[name] = k + 1
+        seen.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
+    """One JSON object a line, parsed here so that an error names its line and types stay
+    as written (a number is not a string); blank lines are skipped."""
+    records, lines = [], []
+    with path.open(encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            records.append(_json_object(line, f"{path}:{number}"))
+            lines.append(number)
+    return pd.DataFrame(records, dtype=object), lines
+
+
+def _read_json(path: Path) -> pd.DataFrame:
+    """A JSON array of objects, or an object of columns (what ``DataFrame.to_json`` writes)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}, column {e.colno}). "
+                        "Fix the file, or save it as JSON lines (.jsonl).") from e
+    if isinstance(data, list):
+        return pd.DataFrame([_json_object(r, f"{path} item {i + 1}") for i, r in enumerate(data)],
+                            dtype=object)
+    if isinstance(data, dict):
+        return pd.DataFrame(data, dtype=object)
+    raise DataError(f"{path}: holds a JSON {type(data).__name__}; expected an array of objects "
+                    "like [{\"text\": \"...\", \"label\": \"...\"}].")
+
+
+def _json_object(value: object, where: str) -> dict:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise DataError(
+                f"{where}: not valid JSON ({e.msg}, column {e.colno}). Each line of a .jsonl "
+                "file is one JSON object like {\"text\": \"...\", \"label\": \"...\"}: fix or "
+                "remove that line."
+            ) from e
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: a JSON {type(value).__name__}, not an object like "
+                        "{\"text\": \"...\", \"label\": \"...\"}. Write one object per row.")
+    return value
 
 
 def pick_column(
@@ -58,7 +167,7 @@ def pick_column(
         if wanted not in columns:
             raise DataError(
                 f"{where}: no column named '{wanted}' (the {what} column). Columns found: "
-                f"{', '.join(map(str, columns))}. Pass --{what}-column with one of them."
+                f"{column_list(columns)}. Pass --{what}-column with one of them."
             )
         return wanted
     lower = {str(c).lower(): c for c in columns}
@@ -68,24 +177,13 @@ def pick_column(
     if required:
         raise DataError(
             f"{where}: cannot tell which column holds the {what}; columns found: "
-            f"{', '.join(map(str, columns))}. Pass --{what}-column NAME."
+            f"{column_list(columns)}. Pass --{what}-column NAME."
         )
     return None
 
 
-def _cell(value: Any) -> Any:
-    if value is None:
-        return None
-    try:
-        if pd.isna(value):
-            return None
-    except (TypeError, ValueError):  # lists/arrays are not scalars
-        pass
-    return value
-
-
 def frame_to_examples(
-    frame: pd.DataFrame, where: str, row_offset: int, text_column: str | None,
+    frame: pd.DataFrame, where: str, rows: Sequence[int], text_column: str | None,
     label_column: str | None, require_labels: bool, label_names: list[str] | None = None,
 ) -> Examples:
     columns = [str(c) for c in frame.columns]
@@ -93,36 +191,16 @@ def frame_to_examples(
     tcol = pick_column(columns, text_column, TEXT_COLUMN_GUESSES, "text", where)
     lcol = pick_column(columns, label_column, LABEL_COLUMN_GUESSES, "label", where,
                        required=require_labels)
-    texts = [_cell(v) for v in frame[tcol].tolist()]
-    texts = [None if v is None else str(v) for v in texts]
-    labels = None
-    if lcol is not None:
-        labels = []
-        for v in frame[lcol].tolist():
-            v = _cell(v)
-            if v is None or (isinstance(v, str) and not v.strip()):
-                labels.append(None)
-            elif label_names is not None and not isinstance(v, str):
-                # HF ClassLabel ints -> names; -1 is how ClassLabel marks "no label".
-                labels.append(label_names[int(v)] if int(v) >= 0 else None)
-            elif isinstance(v, float) and v.is_integer():
-                # An int column with a missing value is read as float: 1.0 must stay "1".
-                labels.append(str(int(v)))
-            else:
-                labels.append(str(v).strip())
-    origins = [f"{where} row {i + row_offset}" for i in range(len(frame))]
-    return Examples(inputs=texts, labels=labels, origins=origins, modality=TEXT, source=where)
+    return to_examples(frame, where, rows, tcol, lcol, label_names)
 
 
 def read_table(
     path: Path, text_column: str | None, label_column: str | None, require_labels: bool,
 ) -> Examples:
-    frame, offset = read_table_frame(path)
+    frame, rows = read_table_frame(path)
     if frame.empty:
         raise DataError(f"{path}: the file has no rows. Point transferkit at a file with data.")
-    return frame_to_examples(frame, path.name, offset, text_column, label_column, require_labels)
-
-
+    return frame_to_examples(frame, path.name, rows, text_column, label_column, require_labels)
 def read_hf_dataset(
     spec: str, text_column: str | None, label_column: str | None, require_labels: bool,
 ) -> dict[str, Examples]:
@@ -155,8 +233,8 @@ def read_hf_dataset(
             label_names = list(feature.names)
         frame = ds.to_pandas()
         out[_split_key(split_name)] = frame_to_examples(
-            frame, f"{spec}[{split_name}]", 0, text_column, lcol, require_labels, label_names
-        )
+            frame, f"{spec}[{split_name}]", range(len(frame)), text_column, lcol, require_labels,
+            label_names)
     return out
 
 

@@ -12,26 +12,44 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from .cells import is_missing_label
 from .examples import IMAGE, ISSUE_NAMES, TEXT, DataReport, Examples, _content_bytes
 
-ROW_ISSUES = ("empty_text", "missing_label", "bad_image")
+ROW_ISSUES = ("empty_text", "long_text", "missing_label", "bad_image")
+# Longer texts are skipped (and reported): a model reads a few hundred tokens of a text, and
+# tokenizing one 50 MB text took 8-9 GB of memory before it was truncated.
+MAX_TEXT_CHARS = 100_000
 
 
-def clean_rows(ex: Examples, report: DataReport, require_labels: bool) -> Examples:
-    """Drop rows with no usable input or (when labels are required) no label."""
+def clean_rows(
+    ex: Examples, report: DataReport, require_labels: bool, max_text_chars: int = MAX_TEXT_CHARS,
+) -> Examples:
+    """Drop rows with no usable input or (when labels are required) no label.
+
+    A label cell that reads empty, NA, N/A, NaN, null or None (any case) is a missing label:
+    pandas would have made those NaN, and a class named "NA" is almost always a hole in the
+    data. The report names the row and what the cell said, so a real class of that name
+    can be renamed."""
     keep: list[int] = []
     for i, x in enumerate(ex.inputs):
         origin = ex.origins[i]
         if ex.modality == TEXT and (x is None or not str(x).strip()):
             report.add("empty_text", origin)
             continue
+        if ex.modality == TEXT and len(str(x)) > max_text_chars:
+            report.add("long_text", origin,
+                       f"{len(str(x)):,} characters, max_text_chars is {max_text_chars:,}")
+            continue
         if ex.modality == IMAGE:
             problem = image_problem(x)
             if problem:
                 report.add("bad_image", origin, problem)
                 continue
-        if require_labels and (ex.labels is None or ex.labels[i] is None):
-            report.add("missing_label", origin)
+        label = None if ex.labels is None else ex.labels[i]
+        if require_labels and is_missing_label(label):
+            shown = "" if label is None or not label.strip() else \
+                f"'{label.strip()}' is read as no label"
+            report.add("missing_label", origin, shown)
             continue
         keep.append(i)
     return ex.subset(keep)
@@ -74,7 +92,8 @@ def canonical_multilabels(ex: Examples, delimiter: str) -> Examples:
             if label is None:
                 labels.append(None)
                 continue
-            parts = sorted({p.strip() for p in str(label).split(delimiter) if p.strip()})
+            parts = sorted({p.strip() for p in str(label).split(delimiter)
+                            if not is_missing_label(p)})
             labels.append(delimiter.join(parts) if parts else None)
     return Examples(ex.inputs, labels, ex.origins, ex.modality, ex.source, delimiter)
 

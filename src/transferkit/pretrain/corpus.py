@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from ..data import read_source
-from ..data.examples import IMAGE, TEXT
+from ..data.examples import IMAGE, TEXT, DataReport
+from ..data.validate import clean_rows
 from ..errors import DataError
 
 
@@ -14,9 +15,10 @@ def read_corpus(sources: list[str], modality: str, text_column: str | None = Non
                 ) -> tuple[list[Any], dict[str, Any]]:
     """All inputs of every split of every source, in order, and what was read and dropped.
 
-    A labelled dataset is read like an unlabelled one (its labels are ignored); empty texts
-    are dropped and counted. A source of the wrong kind (images for a text run) is an error
-    that names it, never a silent empty corpus."""
+    A labelled dataset is read like an unlabelled one (its labels are ignored); rows ``fit``
+    would skip (empty or over-long texts, unreadable images) are dropped and counted. A source
+    of the wrong kind (images for a text run) is an error that names it, never a silent empty
+    corpus."""
     if not sources:
         raise DataError("No corpus given: pass one or more files or folders to pretrain on.")
     items: list[Any] = []
@@ -31,12 +33,10 @@ def read_corpus(sources: list[str], modality: str, text_column: str | None = Non
                 fix = ("--modality image" if examples.modality == IMAGE else "--modality text")
                 raise DataError(f"{source} holds {examples.modality} data but this is a "
                                 f"{modality} pretraining run. Pass {fix}, or another corpus.")
-            for x in examples.inputs:
-                if modality == TEXT and (x is None or not str(x).strip()):
-                    report["dropped_empty"] += 1
-                    continue
-                items.append(x)
-                n += 1
+            usable = clean_rows(examples, DataReport(), require_labels=False)
+            report["dropped_empty"] += len(examples) - len(usable)  # empty, too long, unreadable
+            items += usable.inputs
+            n += len(usable)
         report["sources"].append({"source": str(source), "examples": n})
     if not items:
         raise DataError(f"The corpus ({', '.join(map(str, sources))}) has no usable "

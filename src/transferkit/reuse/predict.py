@@ -10,7 +10,7 @@ import pandas as pd
 from .._io import write_with
 from .._outputs import check_output_file
 from ..data import DataReport, pick_split, read_source
-from ..data.examples import TEXT
+from ..data.examples import ISSUE_NAMES, TEXT
 from ..data.validate import clean_rows
 from ..errors import DataError
 
@@ -35,7 +35,10 @@ def predict_file(
             f"{engine.modality}: give it {engine.modality} inputs ("
             + ("a CSV/JSONL/Parquet/TXT file of texts" if engine.modality == TEXT else
                "a folder of images or an .npz file") + ").")
-    usable = clean_rows(examples, DataReport(), require_labels=False)
+    report = DataReport()
+    usable = clean_rows(examples, report, require_labels=False)
+    reasons = {i.origin: ISSUE_NAMES.get(i.kind, i.kind) + (f" ({i.detail})" if i.detail else "")
+               for i in report.issues}
     good = {o: i for i, o in enumerate(usable.origins)}
     proba = engine.predict_proba(list(usable.inputs))
     labels = engine.labels_from_proba(proba)
@@ -50,7 +53,7 @@ def predict_file(
         j = good.get(origin)
         if j is None:
             row["label"] = ""
-            row["error"] = "empty text" if examples.modality == TEXT else "unreadable image"
+            row["error"] = reasons.get(origin, "unusable input")
         else:
             row["label"] = labels[j]
             row["error"] = ""

@@ -11,6 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import ArtifactError
+
 
 class Backbone(nn.Module):
     """A pretrained encoder: examples in, pooled features ``[B, feature_dim]`` out.
@@ -107,14 +109,33 @@ def split_adapter(model: nn.Module) -> tuple[nn.Module, nn.Module | None]:
     return model, None
 
 
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
 def attach_adapter(model: nn.Module, directory: Path) -> nn.Module:
     """Re-wrap a freshly loaded base model with the adapter saved by :func:`split_adapter`."""
     adapter = directory / ADAPTER_DIR
     if not (adapter / "adapter_config.json").is_file():
         return model
+    if not (adapter / ADAPTER_WEIGHTS).is_file():  # peft would fall back to a pickle
+        raise ArtifactError(
+            f"{adapter} has no {ADAPTER_WEIGHTS}; transferkit loads adapter weights from "
+            "safetensors only (never a pickled adapter_model.bin). Re-run the fit.")
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(adapter), is_trainable=False).eval()
+
+
+def inside(folder: Path, name: Any, file: Path, field: str) -> Path:
+    """``folder / name`` for a path that a model file names, refused unless it stays inside
+    ``folder`` (after symlinks): a model folder may not make loading read anything else."""
+    path = folder / str(name)
+    if not isinstance(name, str) or not path.resolve().is_relative_to(folder.resolve()):
+        raise ArtifactError(
+            f"{file}: {field} is {name!r}, which is not a path inside {folder}; a model "
+            "folder may name only its own files. It was edited or is not safe to load: "
+            "re-run the fit (or fetch the model again).")
+    return path
 
 
 def largest_module_list(model: nn.Module) -> nn.ModuleList | None:

@@ -176,22 +176,31 @@ def load_backbone(
 _HF_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*", "2_Normalize/*"]
 
 
+_CONFIG_FILES = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
+
+
 def shipped_code(path: Path) -> list[str]:
     """What in a model folder would make transformers run the model's own code: ``auto_map``
-    entries in its configs, and ``*.py`` files."""
+    entries in its configs, and ``*.py`` files, at any depth (a sentence-transformers model
+    keeps its transformer in a sub-folder)."""
     import json
 
-    found: list[str] = []
-    for name in ("config.json", "tokenizer_config.json", "preprocessor_config.json"):
-        f = path / name
-        try:
-            cfg = json.loads(f.read_text(encoding="utf-8")) if f.is_file() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(cfg, dict) and cfg.get("auto_map"):
-            found.append(f"auto_map in {name}")
-    found += sorted(p.name for p in path.glob("*.py"))
-    return found
+    auto_map: list[str] = []
+    code: list[str] = []
+    for here, _, files in os.walk(path):
+        for name in files:
+            f = Path(here) / name
+            rel = f.relative_to(path).as_posix()
+            if name.endswith(".py"):
+                code.append(rel)
+            elif name in _CONFIG_FILES:
+                try:
+                    cfg = json.loads(f.read_text(encoding="utf-8"))
+                except (OSError, ValueError, RecursionError):  # unreadable: no auto_map here
+                    continue
+                if isinstance(cfg, dict) and cfg.get("auto_map"):
+                    auto_map.append(f"auto_map in {rel}")
+    return sorted(auto_map) + sorted(code)
 
 
 def _short(e: Exception) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,14 @@ from torch import nn
 
 from ..data.examples import TEXT
 from ..errors import BackboneNotFoundError, ConfigError
-from .base import ADAPTER_DIR, Backbone, attach_adapter, largest_module_list, split_adapter
+from .base import (
+    ADAPTER_DIR,
+    Backbone,
+    attach_adapter,
+    inside,
+    largest_module_list,
+    split_adapter,
+)
 
 POOLINGS = ("mean", "cls", "max", "last")
 BACKBONE_FILE = "transferkit_backbone.json"
@@ -133,22 +141,23 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def _read_json(path: Path) -> Any:
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def sentence_transformers_settings(directory: Path) -> dict[str, Any]:
     """The pooling, normalisation and length a sentence-transformers model was trained with."""
-    modules = _read_json(directory / "modules.json") if (directory / "modules.json").is_file() \
-        else None
+    modules = _read_json(directory / "modules.json")
     if not modules:
         return {}
     out: dict[str, Any] = {"normalize": False}
-    for module in modules:
-        kind = module.get("type", "")
-        path = directory / module.get("path", "")
+    for i, module in enumerate(modules if isinstance(modules, list) else []):
+        module = module if isinstance(module, dict) else {}
+        kind = str(module.get("type", ""))
+        path = inside(directory, module.get("path", ""), directory / "modules.json",
+                      f"module {i} path")
         if kind.endswith("Transformer"):
-            out["subdir"] = module.get("path", "")
+            out["subdir"] = path
         elif kind.endswith("Pooling"):
             cfg = _read_json(path / "config.json")
             if cfg.get("pooling_mode_cls_token"):
@@ -183,8 +192,10 @@ def load_text_backbone(
     hf_logging.disable_progress_bar()
     settings: dict[str, Any] = {}
     settings.update(sentence_transformers_settings(directory))
-    settings.update(_read_json(directory / BACKBONE_FILE))
-    model_dir = directory / settings.get("subdir", "")
+    own = _read_json(directory / BACKBONE_FILE)  # what TextBackbone.save wrote, nothing else
+    settings.update({k: own[k] for k in ("pooling", "normalize", "max_length") if k in own})
+    model_dir = settings.get("subdir", directory)
+    _check_tokenizer_files(model_dir)
     # A folder transferkit wrote leaves out the unused pooler on purpose (and a pretrained one
     # keeps its MLM head for further pretraining): transformers' load report would list those
     # keys on every load, so the report alone is dropped for those folders.
@@ -192,11 +203,12 @@ def load_text_backbone(
     try:
         with quiet:
             config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+            _check_size(config, model_dir, trust_remote_code)
             model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
                                               use_safetensors=True, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(model_dir,
                                                       trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise BackboneNotFoundError(
             f"{directory} is not a loadable transformers model ({e}). It needs config.json, "
             "*.safetensors weights and tokenizer files."
@@ -222,6 +234,48 @@ def load_text_backbone(
     )
     backbone.model_dir = model_dir  # where the weights are: continued pretraining reloads them
     return backbone
+
+
+def _check_size(config: Any, model_dir: Path, trust_remote_code: bool) -> None:
+    """Refuse a config.json that describes a far bigger model than the weights beside it.
+
+    transformers builds the whole model before it finds that the weights do not fit: a small
+    model's config edited to ``hidden_size: 20000`` took 23 GB and 80 s to fail. Built on
+    the meta device the model costs nothing, and the weights' sizes come from the
+    safetensors headers."""
+    from safetensors import SafetensorError, safe_open
+    from transformers import AutoModel
+
+    stored = 0
+    try:
+        for file in model_dir.glob("*.safetensors"):
+            with safe_open(str(file), "pt") as f:
+                stored += sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
+    except SafetensorError:
+        return  # from_pretrained says what is wrong with the file
+    if not stored:
+        return  # ... or missing
+    try:
+        with torch.device("meta"):
+            wanted = sum(p.numel() for p in AutoModel.from_config(
+                config, trust_remote_code=trust_remote_code).parameters())
+    except Exception:  # noqa: BLE001 - not buildable from its config: from_pretrained says why
+        return
+    if wanted > 4 * stored + 2**24:
+        raise BackboneNotFoundError(
+            f"{model_dir}/config.json describes a model of {wanted / 1e6:,.0f}M parameters, but "
+            f"its weights hold {stored / 1e6:,.1f}M: the config was edited or belongs to other "
+            "weights. Restore the model's own config.json (for a run folder: re-run the fit).")
+
+
+def _check_tokenizer_files(model_dir: Path) -> None:
+    """transformers opens ``fast_tokenizer_files`` of tokenizer_config.json joined to the
+    folder, so an absolute name there would read elsewhere."""
+    file = model_dir / "tokenizer_config.json"
+    cfg = _read_json(file)
+    names = cfg.get("fast_tokenizer_files") if isinstance(cfg, dict) else None
+    for name in names if isinstance(names, list) else []:
+        inside(model_dir, name, file, "fast_tokenizer_files")
 
 
 # RoBERTa-likes number positions from padding_idx + 1, so two rows of their table are unusable.

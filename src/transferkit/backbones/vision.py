@@ -11,7 +11,7 @@ from torch import nn
 
 from ..data.examples import IMAGE
 from ..data.images import to_pil  # noqa: F401  (re-exported: torch-free, shared with ONNX)
-from ..errors import BackboneNotFoundError
+from ..errors import ArtifactError, BackboneNotFoundError
 from .base import ADAPTER_DIR, Backbone, attach_adapter, split_adapter
 from .text import BACKBONE_FILE
 
@@ -125,12 +125,19 @@ def load_vision_dir(directory: Path, *, source: str, resolved: str,
     import timm
     from safetensors.torch import load_file
 
-    cfg = json.loads((directory / BACKBONE_FILE).read_text())
-    model = timm.create_model(cfg["architecture"], pretrained=False, num_classes=0)
+    file = directory / BACKBONE_FILE
+    cfg = json.loads(file.read_text())
+    arch = cfg.get("architecture")
+    if not (isinstance(arch, str) and timm.is_model(arch)):  # not "local-dir:/elsewhere"
+        raise ArtifactError(
+            f"{file}: architecture is {arch!r}, which is not a timm model name; a saved "
+            "backbone names its architecture, and loads its weights from its own folder only. "
+            "The folder was edited or damaged: re-run the fit.")
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
     model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)), strict=True)
     overrides = {k: cfg[k] for k in ("input_size", "interpolation", "mean", "std", "crop_pct",
                                      "crop_mode") if k in cfg}
-    backbone = VisionBackbone(model, cfg["architecture"],
+    backbone = VisionBackbone(model, arch,
                               data_config_for(model, image_size, overrides),
                               source=source, resolved=resolved)
     backbone.model = attach_adapter(backbone.model, directory)

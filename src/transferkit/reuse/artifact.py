@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -21,16 +21,15 @@ from .. import __version__
 from .._io import make_temp_dir, ordinary_permissions
 from ..adapt.model import TransferModel
 from ..backbones.registry import load_from_folder
-from ..errors import ArtifactError, BackboneNotFoundError
+from ..errors import ArtifactError, ConfigError, TransferkitError
 from .schema import (
     BACKBONE_DIR,
     FORMAT,
     FORMAT_VERSION,
     HEAD_FILE,
     ArtifactConfig,
-    BackboneInfo,
-    HeadInfo,
     read_config,
+    validate_config,
 )
 
 __all__ = ["ArtifactConfig", "load_model", "read_config", "save_model"]
@@ -41,14 +40,17 @@ def save_model(model: TransferModel, directory: Path, strategy: dict[str, Any]) 
     head = model.head
     if not isinstance(head, nn.Linear):
         raise TypeError("only linear heads are saved by this version")
-    config = ArtifactConfig(
-        format=FORMAT, format_version=FORMAT_VERSION, transferkit_version=__version__,
-        modality=model.backbone.modality, labels=model.classes,
-        backbone=BackboneInfo(**model.backbone.describe()), strategy=strategy,
-        head=HeadInfo(in_features=head.in_features, out_features=head.out_features),
-        multilabel=model.multilabel, thresholds=model.thresholds,
-        label_delimiter=model.delimiter,
-    )
+    # The schema that loading applies, applied before anything is written: a model that
+    # could not be loaded back (two classes with one name) is never saved.
+    config = validate_config({
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "transferkit_version": __version__, "modality": model.backbone.modality,
+        "labels": model.classes, "backbone": model.backbone.describe(), "strategy": strategy,
+        "head": {"in_features": head.in_features, "out_features": head.out_features},
+        "multilabel": model.multilabel, "thresholds": model.thresholds,
+        "label_delimiter": model.delimiter,
+    }, "Cannot save the model", "A model that could not be loaded back is not saved: fix "
+        "the training data or options and fit again.")
     # Write the backbone to a sibling temp folder first: a crash never leaves half a model.
     tmp = make_temp_dir(".backbone.", directory)
     try:
@@ -76,23 +78,50 @@ def load_model(directory: str | Path, *, trust_remote_code: bool = False
         backbone = load_from_folder(directory / BACKBONE_DIR, config.backbone.source,
                                     f"artifact {directory}",
                                     {"trust_remote_code": trust_remote_code}, None)
-    except (BackboneNotFoundError, OSError, SafetensorError, RuntimeError) as e:
-        raise ArtifactError(f"{directory}/{BACKBONE_DIR}: cannot load the backbone ({e}).") from e
+    except (ArtifactError, ConfigError):
+        raise  # they name the file and what is wrong with it (a path outside, shipped code)
+    except TransferkitError as e:  # says what is wrong and what to do
+        raise ArtifactError(f"{directory}/{BACKBONE_DIR}: cannot load the backbone. {e}") from e
+    except Exception as e:  # noqa: BLE001 - the libraries that parse an edited backbone/ raise
+        # anything (TypeError from a config field, AttributeError, ...): all mean "damaged"
+        raise ArtifactError(f"{directory}/{BACKBONE_DIR}: cannot load the backbone "
+                            f"({type(e).__name__}: {e}). Re-run the fit.") from e
     if backbone.fingerprint != config.backbone.fingerprint:
         raise ArtifactError(
             f"{directory}: the backbone weights do not match config.json (fingerprint "
             f"{backbone.fingerprint} != {config.backbone.fingerprint}); the folder was changed "
             "or damaged. Re-run the fit."
         )
+    head = nn.Linear(*_head_shape(directory, config, backbone.feature_dim))
     try:
-        state = load_file(str(directory / HEAD_FILE))
-    except (OSError, SafetensorError) as e:
-        raise ArtifactError(f"{directory}/{HEAD_FILE} is missing or corrupt ({e}).") from e
-    head = nn.Linear(config.head.in_features, config.head.out_features)
-    try:
-        head.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ArtifactError(f"{directory}/{HEAD_FILE} does not fit config.json ({e}).") from e
+        head.load_state_dict(load_file(str(directory / HEAD_FILE)), strict=True)
+    except (OSError, SafetensorError, RuntimeError) as e:
+        raise ArtifactError(f"{directory}/{HEAD_FILE} is missing or corrupt, or does not fit "
+                            f"config.json ({e}).") from e
     model = TransferModel(backbone, config.labels, head, multilabel=config.multilabel,
                           thresholds=config.thresholds, delimiter=config.label_delimiter)
     return model.eval(), config
+
+
+def _head_shape(directory: Path, config: ArtifactConfig, feature_dim: int) -> tuple[int, int]:
+    """(in, out) of the head, once config.json, the loaded backbone and the tensor shapes
+    in head.safetensors (read from its header, no weights) all agree: an edited size can
+    then never ask for a huge allocation."""
+    path = directory / HEAD_FILE
+    if config.head.in_features != feature_dim:
+        raise ArtifactError(
+            f"{directory}/config.json: head.in_features is {config.head.in_features} but the "
+            f"backbone gives {feature_dim} features; the file was edited or damaged. Re-run "
+            "the fit.")
+    shape = {"weight": [config.head.out_features, feature_dim],
+             "bias": [config.head.out_features]}
+    try:
+        with safe_open(str(path), "pt") as f:
+            found = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
+    except (OSError, SafetensorError) as e:
+        raise ArtifactError(f"{path} is missing or corrupt ({e}).") from e
+    if found != shape:
+        raise ArtifactError(
+            f"{path} holds tensors {found} but config.json describes a linear head of "
+            f"{shape}; the folder was edited or damaged. Re-run the fit.")
+    return feature_dim, config.head.out_features

@@ -10,7 +10,6 @@ softmax (or sigmoid), so its output is the probabilities the torch model gives.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from .engines import _Base
-from .schema import BACKBONE_DIR, read_config
+from .schema import BACKBONE_DIR, MAX_TEXT_TOKENS, int_in, read_config, read_json
 
 ONNX_DIR = "onnx"
 EXPORT_FILE = "export.json"
@@ -37,11 +36,14 @@ def read_export(run_dir: Path, onnx_dir: Path | None = None) -> dict[str, Any]:
             f"{run_dir} has no ONNX export ({path} is missing). Run `transferkit export "
             f"{run_dir} --onnx` first (add --int8 for the quantised model), or use "
             "--engine torch.")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{path} is corrupt ({e}). Export again with `transferkit export "
-                            f"{run_dir} --onnx --overwrite`.") from e
+    export = read_json(path, _reexport(run_dir))
+    if not isinstance(export, dict):
+        raise ArtifactError(f"{path} is not an export record. {_reexport(run_dir)}")
+    return export
+
+
+def _reexport(run_dir: Path) -> str:
+    return f"Export again with `transferkit export {run_dir} --onnx --overwrite`."
 
 
 def open_session(path: Path, run_dir: Path) -> Any:
@@ -83,15 +85,15 @@ class OnnxEngine(_Base):
                 "--overwrite`, or drop --int8.")
         self.int8 = int8
         self.batch_size = batch_size
-        self.session = open_session(onnx_dir / (INT8_FILE if int8 else FP32_FILE), run_dir)
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        if self.modality == "text":
-            self._init_text()
+        if self.modality == "text":  # settings checked before the model is opened
+            self._init_text(onnx_dir / EXPORT_FILE)
         else:
             self._init_image()
+        self.session = open_session(onnx_dir / (INT8_FILE if int8 else FP32_FILE), run_dir)
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
     # -- text -------------------------------------------------------------------------------
-    def _init_text(self) -> None:
+    def _init_text(self, export_file: Path) -> None:
         from tokenizers import Tokenizer
 
         path = self.run_dir / BACKBONE_DIR / "tokenizer.json"
@@ -99,12 +101,28 @@ class OnnxEngine(_Base):
             raise ArtifactError(
                 f"{path} is missing: the ONNX engine needs the fast tokenizer file. Re-run the "
                 "fit with a backbone that has a fast tokenizer, or use --engine torch.")
-        tok = Tokenizer.from_file(str(path))
-        text = self.export["text"]
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises its own exception types
+            raise ArtifactError(f"{path} is not a tokenizer ({e}). Re-run the fit.") from e
+        text = self.export.get("text")
+        text = text if isinstance(text, dict) else {}
+        # the export caps the run's own length at the position table: never longer than that
+        limit = int(self.config.backbone.preprocessing.get("max_length") or MAX_TEXT_TOKENS)
+        length, pad_id = text.get("max_length"), text.get("pad_id")
+        if not int_in(length, 1, limit):
+            raise ArtifactError(
+                f"{export_file}: text.max_length {length!r} is not a whole number from 1 to "
+                f"{limit} (the run's max_length, which the export cannot exceed). "
+                f"{_reexport(self.run_dir)}")
+        if not int_in(pad_id, 0, tok.get_vocab_size() - 1):
+            raise ArtifactError(
+                f"{export_file}: text.pad_id {pad_id!r} is not a token id of {path.name}. "
+                f"{_reexport(self.run_dir)}")
         tok.no_padding()
-        tok.enable_truncation(max_length=int(text["max_length"]))
+        tok.enable_truncation(max_length=length)
         self.tokenizer = tok
-        self.pad_id = int(text["pad_id"])
+        self.pad_id = pad_id
 
     def _encode(self, texts: list[str]) -> list[Any]:
         return self.tokenizer.encode_batch([str(t) for t in texts])
@@ -124,14 +142,19 @@ class OnnxEngine(_Base):
 
     # -- images -----------------------------------------------------------------------------
     def _init_image(self) -> None:
-        pre = self.config.backbone.preprocessing
-        _, h, w = (int(v) for v in pre["input_size"])
+        pre = self.config.backbone.preprocessing  # bounds checked by the schema
+        try:
+            _, h, w = (int(v) for v in pre["input_size"])
+            self.mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
+            self.std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ArtifactError(
+                f"{self.run_dir}/config.json: backbone.preprocessing is not an RGB image "
+                f"transform ({type(e).__name__}: {e}). Re-run the fit.") from e
         self.size = (h, w)
         self.crop_pct = float(pre.get("crop_pct") or 0.875)
         self.crop_mode = str(pre.get("crop_mode") or "center")
         self.filter = _PIL_FILTERS.get(str(pre.get("interpolation", "bilinear")), 2)
-        self.mean = np.asarray(pre["mean"], dtype=np.float32).reshape(3, 1, 1)
-        self.std = np.asarray(pre["std"], dtype=np.float32).reshape(3, 1, 1)
 
     def _pixels(self, x: Any) -> np.ndarray:
         """timm's eval transform (torchvision Resize + CenterCrop + ToTensor + Normalize)."""

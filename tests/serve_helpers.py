@@ -1,5 +1,9 @@
 """A real ``transferkit serve`` process on a free loopback port, shared by test_serve.py and
-test_robustness.py (fitting the model and starting the server once costs most of their time).
+test_robustness.py (fitting the model and starting the server once costs most of their time);
+and a real server around a fake model (``start_fake_server``) for the tests of the HTTP layer,
+which need a model that is instant, or slow on purpose, and no fitting.
+
+Run as a script (``python serve_helpers.py fake SPEC``) this file is that fake server.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ class Server:
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
-    run_dir: Path
+    run_dir: Path | None
     key: str | None = None
     default_headers: dict[str, str] = field(default_factory=dict)
 
@@ -96,13 +100,30 @@ class Server:
 def start_server(run_dir: Path, *args: str, key: str | None = None,
                  timeout: float = 180) -> Server:
     port = free_port()
-    log = Path(tempfile.mkstemp(prefix="tk-serve-", suffix=".log")[1])
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     cmd = [sys.executable, "-m", "transferkit", "serve", str(run_dir), "--port", str(port),
            *args]
     if key:
         env[API_KEY_ENV] = key
         cmd += ["--api-key-env", API_KEY_ENV]
+    return _launch(cmd, env, port, run_dir, key, timeout)
+
+
+def start_fake_server(*, modality: str = "text", delay_s: float = 0.0, max_batch: int = 32,
+                      connections: dict[str, Any] | None = None, key: str | None = None,
+                      timeout: float = 60) -> Server:
+    """The real app and HTTP layer around ``FakeEngine``; ``connections`` are the fields of
+    ``ConnectionLimits``."""
+    port = free_port()
+    spec = {"port": port, "modality": modality, "delay_s": delay_s, "max_batch": max_batch,
+            "connections": connections or {}, "key": key}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "fake", json.dumps(spec)]
+    return _launch(cmd, {**os.environ}, port, None, key, timeout)
+
+
+def _launch(cmd: list[str], env: dict[str, str], port: int, run_dir: Path | None,
+            key: str | None, timeout: float) -> Server:
+    log = Path(tempfile.mkstemp(prefix="tk-serve-", suffix=".log")[1])
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     server = Server(proc, port, log, run_dir, key)
@@ -164,3 +185,40 @@ def text_server() -> Server:
     server = start_server(text_run(), *LIMIT_ARGS, "--max-wait-ms", "20", key=API_KEY)
     atexit.register(server.stop)
     return server
+
+
+class FakeEngine:
+    """What the server needs of an engine; every example gets [0.25, 0.75] after ``delay_s``
+    per engine call (a stand-in for a heavy model)."""
+
+    classes = ["no", "yes"]
+    multilabel = False
+    config: dict[str, Any] = {}
+
+    def __init__(self, modality: str, delay_s: float) -> None:
+        self.modality = modality
+        self.delay_s = delay_s
+
+    def predict_proba(self, inputs: list[Any]) -> Any:
+        import numpy as np
+
+        time.sleep(self.delay_s)
+        return np.tile(np.array([0.25, 0.75], dtype=np.float32), (len(inputs), 1))
+
+    def labels_from_proba(self, proba: Any) -> list[str]:
+        return [self.classes[i] for i in proba.argmax(axis=1)]
+
+
+def _run_fake_server(spec: dict[str, Any]) -> None:
+    from transferkit.reuse.serve import ServeOptions, create_app
+    from transferkit.reuse.serve_http import ConnectionLimits, build_server, run_server
+
+    connections = ConnectionLimits(**spec["connections"])
+    options = ServeOptions(max_batch=spec["max_batch"], max_wait_ms=1.0, api_key=spec["key"])
+    app = create_app(FakeEngine(spec["modality"], spec["delay_s"]), options,
+                     engine_name="fake")
+    run_server(build_server(app, host="127.0.0.1", port=spec["port"], limits=connections))
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["fake"]:
+    _run_fake_server(json.loads(sys.argv[2]))

@@ -112,7 +112,8 @@ def test_timm_folder_loads_and_roundtrips(tmp_path):
 
     from transferkit.backbones import VisionBackbone
 
-    save_for_hf(timm.create_model("resnet18", pretrained=False, num_classes=3), tmp_path / "hf")
+    save_for_hf(timm.create_model("resnet18", pretrained=False, num_classes=3), tmp_path / "hf",
+                safe_serialization=True)
     backbone = load_backbone(str(tmp_path / "hf"), image_size=64)
     assert isinstance(backbone, VisionBackbone) and backbone.architecture == "resnet18"
     assert backbone.feature_dim == 512
@@ -125,4 +126,8 @@ def test_timm_folder_loads_and_roundtrips(tmp_path):
     assert again.fingerprint == backbone.fingerprint
     covered = {id(p) for g in backbone.layer_groups() for p in g.parameters()}
     assert covered == {id(p) for p in backbone.parameters()}
+    save_for_hf(timm.create_model("resnet18", pretrained=False), tmp_path / "pickled",
+                safe_serialization=False)  # pytorch_model.bin only: a pickle
+    with pytest.raises(BackboneNotFoundError, match="never unpickles"):
+        load_backbone(str(tmp_path / "pickled"))
     assert len(backbone.layer_groups()) >= 4

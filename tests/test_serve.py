@@ -68,10 +68,14 @@ def test_health_metadata_and_docs(server):
     assert 0.5 < meta["metrics"]["accuracy"] <= 1.0
     assert meta["transferkit_version"]
     assert meta["limits"]["max_examples"] == 16
-    docs = server.request("GET", "/docs", auth=False)
+    assert meta["limits"]["max_request_pixels"] == 64_000_000
+    assert meta["connections"]["header_timeout_s"] > 0
+    docs = server.request("GET", "/docs")
     assert docs.status == 200 and b"swagger" in docs.body.lower()
-    schema = server.request("GET", "/openapi.json", auth=False).json()
+    schema = server.request("GET", "/openapi.json").json()
     assert "/predict" in schema["paths"]
+    for path in ("/docs", "/redoc", "/openapi.json"):  # they list the labels: key required
+        assert server.request("GET", path, auth=False).status == 401, path
 
 
 def test_api_key_is_required_except_for_health(server):

@@ -230,6 +230,11 @@ def load_from_folder(path: Path, source: str, resolved: str, text_opts: dict, im
     if (path / "config.json").is_file():
         cfg = json.loads((path / "config.json").read_text())
         if "architecture" in cfg and "model_type" not in cfg:  # a timm hub-format folder
+            if not (path / "model.safetensors").is_file():  # timm would unpickle the .bin
+                raise BackboneNotFoundError(
+                    f"{path} is a timm model folder without model.safetensors; transferkit "
+                    "loads weights from safetensors only and never unpickles (a pickle can run "
+                    "code). Save it with timm.models.save_for_hf(..., safe_serialization=True).")
             return create_timm_backbone(f"local-dir:{path}", source=source, resolved=resolved,
                                         image_size=image_size)
         return load_text_backbone(path, source=source, resolved=resolved, **text_opts)

@@ -12,56 +12,55 @@ Why it is shaped this way:
   ``max_wait_ms``.
 * The queue is bounded: when it is full the server answers 503 with ``Retry-After`` at once
   instead of letting latency grow without limit.
-* Every limit (body size, examples per request, text length, image pixels) is checked before
-  the work it protects (the body while it streams, image sizes from the header before
-  decoding), and every bad request gets a 4xx whose message names the item and the limit.
+* Every limit (body size, examples per request, text length, image pixels per image and per
+  request) is checked before the work it protects (``serve_limits``), and every bad request
+  gets a 4xx whose message names the item and the limit.
+* Connections are guarded below the app (``serve_http``): read deadlines and a connection cap
+  keep slow or half-open clients from locking others out, and SIGTERM answers every accepted
+  request, with its result or with a 503 that says the server is shutting down.
 * The ONNX engine must not import torch: nothing here imports it, and the engine is loaded
   through ``load_engine`` which imports only what the chosen engine needs.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import hmac
-import io
 import json
 import logging
 import os
-import signal
 import time
-from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from ..errors import ConfigError
+from ..errors import ArtifactError, ConfigError
+from .schema import read_json
+from .serve_batching import MicroBatcher, Overloaded
+from .serve_http import TIMED_OUT, ConnectionLimits, ShutdownGuard, build_server, run_server
+from .serve_limits import (
+    BodyLimit,
+    Limits,
+    PredictRequest,
+    RequestError,
+    decode_images,
+    example,
+    parse_json_request,
+    parse_multipart,
+)
 
 log = logging.getLogger("transferkit.serve")
 
 JSON_TYPES = {"application/json"}
 MULTIPART = "multipart/form-data"
 DEFAULT_MODEL_BATCH = {"torch": 8, "onnx": 4}  # fastest measured on a 2-core CPU
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask for; each is checked before the work it protects."""
-
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_examples: int = 64
-    max_text_chars: int = 10_000
-    max_image_pixels: int = 40_000_000  # 40 MP: any camera photo, not a decompression bomb
 
 
 @dataclass
@@ -71,305 +70,7 @@ class ServeOptions:
     queue_size: int = 256  # queued requests; beyond it 503 + Retry-After
     limits: Limits = field(default_factory=Limits)
     api_key: str | None = None
-
-
-class PredictRequest(BaseModel):
-    """A JSON batch: ``texts`` for a text model, ``images`` (base64 or data URLs) for an image
-    model."""
-
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-    texts: list[str] | None = Field(default=None, description="Texts to classify.")
-    images: list[str] | None = Field(
-        default=None, description="Images as base64 strings or data URLs "
-                                  "(data:image/png;base64,...).")
-
-
-class RequestError(Exception):
-    """A bad request: answered with ``status`` and ``message``, never a traceback."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-class Overloaded(Exception):
-    pass
-
-
-# -- micro-batching -------------------------------------------------------------------------
-@dataclass
-class _Job:
-    inputs: list[Any]
-    future: asyncio.Future[np.ndarray]
-
-
-class MicroBatcher:
-    """Collects concurrent requests into engine calls run by one worker thread."""
-
-    def __init__(self, predict: Callable[[list[Any]], np.ndarray], max_batch: int,
-                 max_wait_ms: float, queue_size: int) -> None:
-        if max_batch < 1 or queue_size < 1 or max_wait_ms < 0:
-            raise ConfigError("--max-batch and --queue-size must be at least 1 and "
-                              "--max-wait-ms at least 0.")
-        self.predict = predict
-        self.max_batch = max_batch
-        self.max_wait = max_wait_ms / 1000.0
-        self.queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=queue_size)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="transferkit-model")
-        self.task: asyncio.Task[None] | None = None
-        self.batch_sizes: Counter[int] = Counter()  # examples per engine call -> count
-        self.requests = 0
-
-    def start(self) -> None:
-        self.task = asyncio.get_running_loop().create_task(self._run())
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            try:
-                await self.task
-            except asyncio.CancelledError:
-                pass
-        self.executor.shutdown(wait=True)
-
-    async def submit(self, inputs: list[Any]) -> np.ndarray:
-        future: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        try:
-            self.queue.put_nowait(_Job(inputs, future))
-        except asyncio.QueueFull:
-            raise Overloaded from None
-        self.requests += 1
-        return await future
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            jobs = [await self.queue.get()]
-            size = len(jobs[0].inputs)
-            deadline = loop.time() + self.max_wait
-            while size < self.max_batch:
-                if self.queue.empty():
-                    remaining = deadline - loop.time()
-                    if remaining <= 0:
-                        break
-                    try:
-                        job = await asyncio.wait_for(self.queue.get(), remaining)
-                    except asyncio.TimeoutError:
-                        break
-                else:
-                    job = self.queue.get_nowait()
-                jobs.append(job)
-                size += len(job.inputs)
-            inputs = [x for job in jobs for x in job.inputs]
-            try:
-                proba = await loop.run_in_executor(self.executor, self.predict, inputs)
-            except Exception as e:  # a model failure answers these requests, then goes on
-                log.exception("prediction failed")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-                continue
-            self.batch_sizes[len(inputs)] += 1
-            start = 0
-            for job in jobs:
-                end = start + len(job.inputs)
-                if not job.future.done():  # the client may have gone away
-                    job.future.set_result(proba[start:end])
-                start = end
-
-    def stats(self) -> dict[str, Any]:
-        calls = sum(self.batch_sizes.values())
-        examples = sum(k * v for k, v in self.batch_sizes.items())
-        return {"requests": self.requests, "model_calls": calls, "examples": examples,
-                "mean_batch": examples / calls if calls else 0.0,
-                "max_batch_seen": max(self.batch_sizes, default=0),
-                "queued": self.queue.qsize()}
-
-
-# -- request parsing ------------------------------------------------------------------------
-def _pydantic_message(e: ValidationError) -> str:
-    parts = []
-    for err in e.errors()[:3]:
-        loc = ".".join(str(x) for x in err["loc"]) or "body"
-        parts.append(f"{loc}: {err['msg']}")
-    more = f" (and {e.error_count() - 3} more)" if e.error_count() > 3 else ""
-    return "; ".join(parts) + more
-
-
-def parse_json_request(body: bytes, modality: str, limits: Limits) -> list[Any]:
-    """Validate a JSON body into model inputs (texts, or still-encoded image bytes)."""
-    if not body.strip():
-        raise RequestError(422, 'Empty body. Send JSON like {"texts": ["some text"]}.')
-    try:
-        body.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise RequestError(422, f"The body is not valid UTF-8 (byte {e.start}): JSON must be "
-                                "UTF-8 encoded.") from None
-    try:
-        request = PredictRequest.model_validate_json(body)
-    except ValidationError as e:
-        raise RequestError(422, f"Malformed request: {_pydantic_message(e)}. Send "
-                                f'{_example(modality)}.') from None
-    given = [k for k in ("texts", "images") if getattr(request, k) is not None]
-    if len(given) != 1:
-        raise RequestError(422, f"Send exactly one of 'texts' or 'images' "
-                                f"(got {', '.join(given) or 'neither'}): {_example(modality)}.")
-    key = given[0]
-    wanted = "texts" if modality == "text" else "images"
-    if key != wanted:
-        raise RequestError(422, f"This model classifies {modality}s; send "
-                                f"{_example(modality)}, not '{key}'.")
-    items: list[str] = getattr(request, key)
-    _check_count(len(items), limits)
-    if key == "texts":
-        return [_check_text(i, t, limits) for i, t in enumerate(items)]
-    return [_decode_base64(i, s, limits) for i, s in enumerate(items)]
-
-
-def _example(modality: str) -> str:
-    return ('{"texts": ["first text", "second text"]}' if modality == "text"
-            else '{"images": ["<base64>", "data:image/png;base64,<base64>"]}, or a multipart '
-                 'form with image files')
-
-
-def _check_count(n: int, limits: Limits) -> None:
-    if n == 0:
-        raise RequestError(422, "Empty batch: send at least one example.")
-    if n > limits.max_examples:
-        raise RequestError(413, f"{n} examples in one request; the limit is "
-                                f"{limits.max_examples}. Split the batch into smaller requests.")
-
-
-def _check_text(i: int, text: str, limits: Limits) -> str:
-    if len(text) > limits.max_text_chars:
-        raise RequestError(413, f"texts[{i}] has {len(text)} characters; the limit is "
-                                f"{limits.max_text_chars}. Shorten it or raise "
-                                "--max-text-chars.")
-    if not text.strip():
-        raise RequestError(422, f"texts[{i}] is empty. Send non-empty texts.")
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:  # a lone surrogate escape such as "\ud800"
-        raise RequestError(422, f"texts[{i}] holds an invalid Unicode character at position "
-                                f"{e.start} (a lone surrogate). Send valid UTF-8 text.") from None
-    return text
-
-
-def _decode_base64(i: int, value: str, limits: Limits) -> bytes:
-    where = f"images[{i}]"
-    if value.startswith("data:"):
-        header, sep, value = value.partition(",")
-        if not sep or not header.endswith(";base64"):
-            raise RequestError(422, f"{where}: a data URL must look like "
-                                    "data:image/png;base64,<base64>.")
-    try:  # whitespace is dropped: `base64` wraps its output every 76 characters
-        return base64.b64decode("".join(value.split()), validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(422, f"{where} is not valid base64. Encode the image file's bytes "
-                                "with base64 (or send a multipart form).") from None
-
-
-def decode_image(where: str, data: bytes, limits: Limits) -> Any:
-    """Bytes -> HxWx3 uint8 array; the size is checked from the header before any pixel is
-    decoded, so a decompression bomb costs nothing."""
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise RequestError(422, f"{where} is empty.")
-    try:
-        image = Image.open(io.BytesIO(data))
-    except Image.DecompressionBombError as e:  # PIL's own ceiling, above any sane limit
-        raise RequestError(413, f"{where} is too large ({e}). Resize it first.") from None
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise RequestError(422, f"{where} is not an image PIL can read (send JPEG, PNG, BMP, "
-                                "GIF, WebP or TIFF).") from None
-    width, height = image.size
-    if width * height > limits.max_image_pixels:
-        raise RequestError(413, f"{where} is {width}x{height} = {width * height:,} pixels; the "
-                                f"limit is {limits.max_image_pixels:,}. Resize it first.")
-    try:
-        image.load()
-        # an RGB uint8 array: the image input every engine and the feature cache accept
-        return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise RequestError(422, f"{where} is truncated or corrupt ({e}).") from None
-
-
-async def parse_multipart(request: Request, limits: Limits) -> list[bytes]:
-    from starlette.datastructures import UploadFile
-
-    try:
-        form = await request.form(max_files=limits.max_examples + 1,
-                                  max_fields=limits.max_examples + 1)
-    except HTTPException as e:  # starlette's multipart errors (malformed, too many parts)
-        raise RequestError(422, f"Malformed multipart form: {e.detail}") from None
-    try:
-        files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-        _check_count(len(files), limits)
-        return [await f.read() for f in files]
-    finally:
-        await form.close()
-
-
-# -- the app ---------------------------------------------------------------------------------
-class BodyLimit:
-    """ASGI middleware: 413 on a Content-Length over the limit, or as soon as a streamed
-    (chunked) body grows past it, before the app has buffered it all."""
-
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        message = (f"The request body is larger than the limit of {self.max_bytes:,} bytes. "
-                   "Send fewer or smaller examples per request.")
-        for name, value in scope["headers"]:
-            if name == b"content-length":
-                try:
-                    too_big = int(value) > self.max_bytes
-                except ValueError:
-                    too_big = False
-                if too_big:
-                    return await _send_error(send, 413, message)
-        seen = 0
-        started = False
-
-        async def limited_receive() -> dict[str, Any]:
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.max_bytes:
-                    raise _BodyTooLarge
-            return msg
-
-        async def tracking_send(msg: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await _send_error(send, 413, message)
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-async def _send_error(send: Any, status: int, message: str) -> None:
-    body = json.dumps({"detail": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
+    connections: ConnectionLimits = field(default_factory=ConnectionLimits)  # serve_http
 
 
 def create_app(engine: Any, options: ServeOptions | None = None,
@@ -389,19 +90,30 @@ def create_app(engine: Any, options: ServeOptions | None = None,
         yield
         await batcher.stop()
 
+    # The docs are routes of our own, behind the key like the rest: they list the labels.
     app = FastAPI(title="transferkit model server", version=__version__, lifespan=lifespan,
-                  description=f"Classifies {modality}s into: {', '.join(classes)}.")
+                  description=f"Classifies {modality}s into: {', '.join(classes)}.",
+                  openapi_url=None, docs_url=None, redoc_url=None)
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(ShutdownGuard)  # outermost: it answers what the shutdown cancels
+    expected_key = options.api_key.encode() if options.api_key is not None else None
 
     def check_key(request: Request) -> None:
-        if options.api_key is None:
+        """Either credential may carry the key; an empty header is no credential. Every one
+        given is compared, in constant time, so the answer's timing says nothing."""
+        if expected_key is None:
             return
-        given = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if given is None and auth.lower().startswith("bearer "):
-            given = auth[7:].strip()
-        if given is None or not hmac.compare_digest(given.encode(), options.api_key.encode()):
+        given = [v.strip() for v in request.headers.getlist("x-api-key")]
+        for auth in request.headers.getlist("authorization"):
+            scheme, _, token = auth.strip().partition(" ")
+            if scheme.lower() == "bearer":
+                given.append(token.strip())
+        ok = False
+        for key in given:  # latin-1: the header's bytes as sent (starlette decoded them so)
+            if key:
+                ok |= hmac.compare_digest(key.encode("latin-1"), expected_key)
+        if not ok:
             raise RequestError(401, "Missing or wrong API key: send it in the X-API-Key header "
                                     "or as Authorization: Bearer <key>.")
 
@@ -409,6 +121,32 @@ def create_app(engine: Any, options: ServeOptions | None = None,
     async def _request_error(request: Request, e: RequestError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if e.status == 401 else None
         return JSONResponse({"detail": e.message}, status_code=e.status, headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, e: ClientDisconnect) -> Response:
+        """One log line, not a traceback: a client that goes away is not a server error."""
+        client = request.client
+        who = f"{client.host}:{client.port}" if client else "a client"
+        why = request.scope.get(TIMED_OUT)
+        log.info("%s %s %s: %s before the request body was complete; request dropped", who,
+                 request.method, request.url.path,
+                 f"connection closed by the server ({why})" if why else "client disconnected")
+        return Response(status_code=400)  # never sent: the connection is gone
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        check_key(request)
+        return JSONResponse(app.openapi())
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        check_key(request)
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        check_key(request)
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
     @app.get("/health", summary="Liveness: 200 while the server is up (no API key needed).")
     async def health() -> dict[str, str]:
@@ -426,10 +164,12 @@ def create_app(engine: Any, options: ServeOptions | None = None,
             MULTIPART: {"schema": {"type": "object", "properties": {"images": {
                 "type": "array", "items": {"type": "string", "format": "binary"}}}}},
         }}},
-        responses={413: {"description": "Body, batch, text or image over a limit"},
+        responses={413: {"description": "Body, batch, text, image or the request's pixels "
+                                        "over a limit"},
                    415: {"description": "Unsupported media type"},
                    422: {"description": "Malformed request"},
-                   503: {"description": "Queue full; retry after Retry-After seconds"}},
+                   503: {"description": "Queue full, or the server shutting down; retry "
+                                        "after Retry-After seconds"}},
     )
     async def predict(request: Request) -> Response:
         check_key(request)
@@ -440,7 +180,7 @@ def create_app(engine: Any, options: ServeOptions | None = None,
         elif media == MULTIPART:
             if modality != "image":
                 raise RequestError(422, f"This model classifies texts; send "
-                                        f"{_example('text')} as application/json.")
+                                        f"{example('text')} as application/json.")
             inputs = await parse_multipart(request, limits)
             names = [f"file {i + 1}" for i in range(len(inputs))]
         elif media.startswith("image/") and modality == "image":
@@ -448,7 +188,7 @@ def create_app(engine: Any, options: ServeOptions | None = None,
             names = ["the image body"]
         else:
             raise RequestError(415, f"Unsupported media type '{media or 'none'}'. Send "
-                                    f"application/json ({_example(modality)})"
+                                    f"application/json ({example(modality)})"
                                     + (", multipart/form-data with image files, or an image/* "
                                        "body" if modality == "image" else "") + ".")
         if modality == "image":  # decoding is CPU work: keep it off the event loop
@@ -456,7 +196,7 @@ def create_app(engine: Any, options: ServeOptions | None = None,
 
             encoded = inputs
             inputs = await run_in_threadpool(
-                lambda: [decode_image(n, b, limits) for n, b in zip(names, encoded, strict=True)])
+                lambda: decode_images(names, encoded, limits))
         try:
             proba = await batcher.submit(inputs)
         except Overloaded:
@@ -486,12 +226,18 @@ def _metadata(engine: Any, run_dir: str | Path | None, engine_name: str,
     config = dict(config or {})
     backbone = dict(config.get("backbone") or {})
     metrics: dict[str, Any] = {}
-    if run_dir is not None and (Path(run_dir) / "metrics.json").is_file():
+    metrics_note = None  # why there are no metrics, said instead of an empty dict alone
+    path = Path(run_dir) / "metrics.json" if run_dir is not None else None
+    if path is None or not path.is_file():
+        metrics_note = "the run folder has no metrics.json"
+    else:
         try:
-            full = json.loads((Path(run_dir) / "metrics.json").read_text(encoding="utf-8"))
-            metrics = {k: v for k, v in full.items() if isinstance(v, int | float)}
-        except (OSError, json.JSONDecodeError):
-            metrics = {}
+            full = read_json(path)
+            metrics = {k: v for k, v in full.items() if isinstance(v, int | float)} \
+                if isinstance(full, dict) else {}
+        except (OSError, ArtifactError) as e:
+            metrics_note = f"metrics.json could not be read: {e}"
+            log.warning("%s", metrics_note)
     strategy = config.get("strategy") or {}
     return {
         "transferkit_version": __version__,
@@ -505,7 +251,9 @@ def _metadata(engine: Any, run_dir: str | Path | None, engine_name: str,
                                                   "fingerprint") if k in backbone},
         "strategy": strategy.get("name") if isinstance(strategy, dict) else strategy,
         "metrics": metrics,
+        **({"metrics_note": metrics_note} if metrics_note else {}),
         "limits": asdict(options.limits),
+        "connections": asdict(options.connections),
         "batching": {"max_batch": options.max_batch, "max_wait_ms": options.max_wait_ms,
                      "queue_size": options.queue_size},
     }
@@ -519,13 +267,13 @@ def serve(
     run_dir: str | Path, *, host: str = "127.0.0.1", port: int = 8000, engine: str = "torch",
     int8: bool = False, precision: str = "auto", model_batch: int | None = None,
     max_batch: int = 32, max_wait_ms: float = 5.0, queue_size: int = 256,
-    limits: Limits | None = None, api_key_env: str | None = None, access_log: bool = False,
-    log_level: str = "info", threads: int | None = None,
+    limits: Limits | None = None, connections: ConnectionLimits | None = None,
+    api_key_env: str | None = None, access_log: bool = False, log_level: str = "info",
+    threads: int | None = None,
 ) -> None:
     """Load the run once and serve it until SIGTERM / Ctrl-C, which finish in-flight
-    requests before the process exits with status 0."""
-    import uvicorn
-
+    requests (or answer them 503 after ``connections.shutdown_timeout_s``) before the process
+    exits with status 0."""
     from .engines import load_engine
 
     if engine not in DEFAULT_MODEL_BATCH:
@@ -549,23 +297,16 @@ def serve(
 
         torch.set_num_threads(max(1, threads))
     options = ServeOptions(max_batch=max_batch, max_wait_ms=max_wait_ms, queue_size=queue_size,
-                           limits=limits or Limits(), api_key=api_key)
+                           limits=limits or Limits(), api_key=api_key,
+                           connections=connections or ConnectionLimits())
     app = create_app(loaded, options, run_dir=run_dir,
                      engine_name=f"{engine}{' int8' if int8 else ''}")
-    config = uvicorn.Config(app, host=host, port=port, access_log=access_log,
-                            log_level=log_level, timeout_graceful_shutdown=30,
-                            limit_concurrency=max(1024, queue_size * 2))
-    say = logging.getLogger("uvicorn.error")  # configured by uvicorn.Config: same format
-    say.info("loaded %s (%s engine%s; labels: %s) in %.1f s; docs at http://%s:%d/docs",
+    server = build_server(app, host=host, port=port, limits=options.connections,
+                          log_level=log_level, access_log=access_log)
+    log.info("loaded %s (%s engine%s; labels: %s) in %.1f s; docs at http://%s:%d/docs",
              run_dir, engine, " int8" if int8 else "", ", ".join(loaded.classes),
              time.perf_counter() - start, host, port)
     if host not in LOOPBACK and api_key is None:
-        say.warning("binding to %s without an API key: anyone who can reach this address can "
+        log.warning("binding to %s without an API key: anyone who can reach this address can "
                     "use the model. Pass --api-key-env VAR to require a key.", host)
-    server = uvicorn.Server(config)
-    # uvicorn handles SIGTERM/SIGINT itself (stop accepting, finish in-flight requests), then
-    # re-raises the signal to the handler that was installed before it; a no-op handler there
-    # turns that re-raise into a normal exit with status 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    server.run()
+    run_server(server)

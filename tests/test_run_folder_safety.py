@@ -14,8 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from transferkit import Classifier
+from transferkit.artifact import schema
 from transferkit.errors import ArtifactError, TransferkitError
-from transferkit.reuse import schema
 from transferkit.reuse.engines import load_engine
 
 saved = test_artifact.saved  # the fixture of a saved tiny-BERT run, shared with those tests
@@ -37,8 +37,8 @@ def outside_model(tmp_path, tiny_bert_dir):
 def image_run(tmp_path_factory):
     """A run of a tiny random timm network (no fit needed to test loading)."""
     from transferkit.adapt.model import TransferModel
+    from transferkit.artifact.store import save_model
     from transferkit.backbones.vision import create_timm_backbone
-    from transferkit.reuse.artifact import save_model
 
     backbone = create_timm_backbone("test_resnet", source="test_resnet", resolved="random",
                                     pretrained=False)

@@ -146,7 +146,7 @@ class Classifier:
 
     # -- reuse ----------------------------------------------------------------------------
     def save(self, directory: str | Path, overwrite: bool = False, inputs: Any = ()) -> Path:
-        from .reuse.artifact import save_model
+        from .artifact.store import save_model
 
         directory = Path(directory)
         with staged_output(directory, overwrite, inputs=inputs) as stage:
@@ -162,7 +162,7 @@ class Classifier:
              device: str | None = "auto", cache: bool = False,
              trust_remote_code: bool = False) -> Classifier:
         from .adapt import STRATEGIES
-        from .reuse.artifact import load_model
+        from .artifact.store import load_model
 
         model, config = load_model(directory, trust_remote_code=trust_remote_code)
         name = config.strategy.get("name")
@@ -273,8 +273,8 @@ class RunResult:
 def fit_run(config: FitConfig, progress: Progress | None = None,
             data: Dataset | None = None) -> RunResult:
     """Everything ``transferkit fit`` does: data -> fit -> evaluate -> artifact + report."""
+    from .artifact.store import save_model
     from .evaluate.report import _env, write_run_report
-    from .reuse.artifact import save_model
 
     start = time.perf_counter()
     out = Path(config.out)

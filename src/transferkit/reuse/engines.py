@@ -9,48 +9,16 @@ tokenizers, numpy and pillow alone. This module therefore imports nothing heavy 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
+from ..artifact.schema import read_config
 from ..errors import ConfigError
-from .schema import ArtifactConfig, labels_from_proba, read_config
+from .engine_base import Engine, _Base
 
 ENGINES = ("torch", "onnx")
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-
-
-class Engine(Protocol):
-    """What every engine offers (the server and ``predict`` need nothing else)."""
-
-    config: ArtifactConfig
-    classes: list[str]
-    modality: str
-    multilabel: bool
-    name: str
-
-    def predict_proba(self, inputs: list[Any]) -> np.ndarray: ...
-
-    def labels_from_proba(self, proba: np.ndarray) -> list[str]: ...
-
-
-class _Base:
-    name = ""
-
-    def __init__(self, config: ArtifactConfig) -> None:
-        self.config = config
-        self.classes = list(config.labels)
-        self.modality = config.modality
-        self.multilabel = config.multilabel
-
-    def labels_from_proba(self, proba: np.ndarray) -> list[str]:
-        return labels_from_proba(self.config, proba)
-
-    def predict(self, inputs: list[Any]) -> list[str]:
-        return self.labels_from_proba(self.predict_proba(inputs))
-
-    def predict_proba(self, inputs: list[Any]) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
 
 
 class TorchEngine(_Base):

@@ -29,11 +29,11 @@ from torch import nn
 
 from .. import __version__
 from .._io import write_json, write_text
+from ..artifact.schema import ArtifactConfig
 from ..backbones.text import position_limit
 from ..data.examples import Examples
 from ..errors import ArtifactError, ConfigError, TransferkitError
 from .onnx_runtime import EXPORT_FILE, FP32_FILE, INT8_FILE, ONNX_DIR, OnnxEngine
-from .schema import ArtifactConfig
 
 PARITY_TOLERANCE = 1e-4
 PARITY_EXAMPLES = 60
@@ -198,7 +198,7 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, overwrite: bool = Fa
     ``exporter``: ``auto`` (TorchScript, dynamo if that fails), ``torchscript`` or ``dynamo``.
     """
     from ..api import staged_output
-    from .artifact import load_model
+    from ..artifact.store import load_model
 
     if exporter not in EXPORTERS:
         raise ConfigError(f"Unknown exporter '{exporter}'. Choose one of: {', '.join(EXPORTERS)}.")

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from ..artifact.schema import BACKBONE_DIR, MAX_TEXT_TOKENS, int_in, read_config, read_json
 from ..errors import ArtifactError
-from .engines import _Base
-from .schema import BACKBONE_DIR, MAX_TEXT_TOKENS, int_in, read_config, read_json
+from .engine_base import _Base
 
 ONNX_DIR = "onnx"
 EXPORT_FILE = "export.json"

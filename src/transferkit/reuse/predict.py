@@ -15,7 +15,7 @@ from ..data.validate import clean_rows
 from ..errors import DataError
 
 if TYPE_CHECKING:
-    from .engines import Engine
+    from .engine_base import Engine
 
 
 def predict_file(

@@ -41,8 +41,8 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 
 from .. import __version__
+from ..artifact.schema import read_json
 from ..errors import ArtifactError, ConfigError
-from .schema import read_json
 from .serve_batching import MicroBatcher, Overloaded
 from .serve_http import TIMED_OUT, ConnectionLimits, ShutdownGuard, build_server, run_server
 from .serve_limits import (

@@ -35,8 +35,9 @@ bench: setup
 	cd benchmarks && ../$(BIN)/python finetune.py --prefix --epochs 3
 	cd benchmarks && ../$(BIN)/python onnx_engine.py
 	cd benchmarks && ../$(BIN)/python serve.py
+	cd benchmarks && ../$(BIN)/python serve_load.py
 	$(BIN)/pip install --quiet -e '.[bench]'
-	cd benchmarks && ../$(BIN)/python fewshot.py --seeds 10,10
+	cd benchmarks && ../$(BIN)/python fewshot.py --seeds 10,10 --name fewshot-10seeds
 	cd benchmarks && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/python pretrain_text.py --experiment chinese \
 		--work ../runs/bench-pretrain-zh --epochs 8
 	cd benchmarks && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/python pretrain_text.py --experiment chinese \

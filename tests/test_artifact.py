@@ -155,3 +155,18 @@ def test_schema_and_onnx_engine_import_without_torch():
             " transferkit.reuse.predict; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_probe_runs_share_one_copy_of_the_pretrained_weights(saved, tmp_path):
+    """A frozen backbone's weights are hard links to one cached copy, not a copy per run;
+    each run still loads on its own when the cache is gone."""
+    import os
+
+    clf, path, texts = saved
+    clf.save(tmp_path / "again")
+    first = path / "backbone" / "model.safetensors"
+    second = tmp_path / "again" / "backbone" / "model.safetensors"
+    assert os.stat(first).st_ino == os.stat(second).st_ino
+    assert os.stat(second).st_nlink >= 3  # both runs and the cache
+    shutil.rmtree(os.environ["TRANSFERKIT_CACHE"] + "/weights")
+    assert Classifier.load(tmp_path / "again").predict(texts) == clf.predict(texts)

@@ -22,6 +22,7 @@ from .._io import make_temp_dir, ordinary_permissions
 from ..adapt.model import TransferModel
 from ..backbones.registry import load_from_folder
 from ..errors import ArtifactError, ConfigError, TransferkitError
+from ..train.cache import cache_root
 from .schema import (
     BACKBONE_DIR,
     FORMAT,
@@ -55,6 +56,8 @@ def save_model(model: TransferModel, directory: Path, strategy: dict[str, Any]) 
     tmp = make_temp_dir(".backbone.", directory)
     try:
         model.backbone.save(tmp)
+        if _keeps_pretrained_weights(strategy):
+            share_weights(tmp)
         target = directory / BACKBONE_DIR
         if target.exists():
             shutil.rmtree(target)
@@ -66,6 +69,45 @@ def save_model(model: TransferModel, directory: Path, strategy: dict[str, Any]) 
     (directory / "config.json").write_text(config.model_dump_json(indent=2), encoding="utf-8")
     ordinary_permissions(directory)
     return directory
+
+
+def _keeps_pretrained_weights(strategy: dict[str, Any]) -> bool:
+    from ..adapt import STRATEGIES
+
+    return bool(getattr(STRATEGIES.get(strategy.get("name")), "frozen_backbone", False))
+
+
+def share_weights(folder: Path, store: Path | None = None) -> int:
+    """Hard-link the weight files of an unchanged pretrained backbone to one copy kept in
+    the cache (``$TRANSFERKIT_CACHE/weights/<sha256>``): ten probe runs on MiniLM hold its
+    87 MB once, not ten times, and each run folder stays whole on its own (a hard link is
+    the file; deleting the cache or another run leaves it in place). Where the cache is on
+    another file system the run keeps its own copy. Returns the bytes shared."""
+    import hashlib
+    import os
+
+    store = store or cache_root() / "weights"
+    shared = 0
+    for path in sorted(folder.rglob("*.safetensors")):
+        if path.stat().st_size < 1 << 20:
+            continue
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        kept = store / f"{digest.hexdigest()}.safetensors"
+        try:
+            store.mkdir(parents=True, exist_ok=True)
+            if not kept.is_file():
+                os.link(path, kept)  # the first run's copy becomes the shared one
+            else:
+                linked = path.with_name(f".{path.name}.link")
+                os.link(kept, linked)
+                os.replace(linked, path)
+            shared += path.stat().st_size
+        except OSError:  # another file system, or links not allowed: keep the copy
+            continue
+    return shared
 
 
 def load_model(directory: str | Path, *, trust_remote_code: bool = False

@@ -31,7 +31,6 @@ def main() -> None:
     import transferkit
     from transferkit import Classifier, load_data
     from transferkit.backbones import ALIASES, load_backbone
-    from transferkit.backbones.registry import bundled_path
     from transferkit.train.cache import FeatureCache, extract_features, resolve_precision
 
     ap = argparse.ArgumentParser(description=__doc__)
@@ -46,7 +45,7 @@ def main() -> None:
     versions = {"transferkit": transferkit.__version__, "torch": torch.__version__,
                 "transformers": transformers.__version__,
                 "sentence-transformers": sentence_transformers.__version__}
-    peer = SentenceTransformer(str(bundled_path(ALIASES["minilm"])), device="cpu")
+    peer = SentenceTransformer(str(ALIASES["minilm"].bundled_path()), device="cpu")
     ours = load_backbone("minilm")
     default_precision = resolve_precision("auto", cpu)
     bs = args.batch_size

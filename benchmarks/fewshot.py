@@ -150,7 +150,6 @@ def main() -> None:
     import transferkit
     from transferkit import load_data
     from transferkit.backbones import ALIASES
-    from transferkit.backbones.registry import bundled_path
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--budgets", default="8,64")
@@ -170,7 +169,7 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     seeds = [int(s) for s in args.seeds.split(",")]
     seeds += [seeds[-1]] * (len(budgets) - len(seeds))
-    path = str(bundled_path(ALIASES["minilm"]))
+    path = str(ALIASES["minilm"].bundled_path())
     versions = {"transferkit": transferkit.__version__, "setfit": setfit.__version__,
                 "sentence-transformers": sentence_transformers.__version__,
                 "transformers": transformers.__version__, "torch": torch.__version__}

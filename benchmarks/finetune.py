@@ -82,14 +82,13 @@ def worker_trainer(args: argparse.Namespace, bf16: bool) -> dict:
     from transformers.utils import logging as hf_logging
 
     from transferkit.backbones import ALIASES
-    from transferkit.backbones.registry import bundled_path
 
     hf_logging.set_verbosity_error()
     start = time.perf_counter()
     train, test = _data(args.train, args.seed)
     classes = sorted(train["label"].unique())
     index = {c: i for i, c in enumerate(classes)}
-    path = str(bundled_path(ALIASES["minilm"]))
+    path = str(ALIASES["minilm"].bundled_path())
     tok = AutoTokenizer.from_pretrained(path)
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=len(classes))
 

@@ -41,10 +41,10 @@ def tiny_bert_dir(tmp_path_factory) -> Path:
     """A 2-layer random BERT with a real WordPiece tokenizer (MiniLM's), saved as a folder."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from transferkit.backbones.registry import ALIASES, bundled_path
+    from transferkit.backbones import ALIASES
 
     path = tmp_path_factory.mktemp("tiny-bert")
-    tok = AutoTokenizer.from_pretrained(bundled_path(ALIASES["minilm"]))
+    tok = AutoTokenizer.from_pretrained(ALIASES["minilm"].bundled_path())
     config = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
                         num_attention_heads=2, intermediate_size=64,
                         max_position_embeddings=128)

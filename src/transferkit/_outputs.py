@@ -200,3 +200,9 @@ def mark_folder(folder: Path, kind: str) -> None:
     """Mark a folder transferkit fills in place (a study, whose cells are kept as they
     finish) as its own."""
     write_json(folder / MARKER, {"kind": kind, "written": time.time()})
+
+
+def checkpoint_dir_for(out: Path) -> Path:
+    """Checkpoints live beside the run folder (which only appears once the run is whole), so a
+    killed run can be resumed with ``--resume``; they are deleted when training finishes."""
+    return out.with_name(f"{out.name}.checkpoints")

@@ -131,8 +131,8 @@ def fit(
                                             "(flags given here win).")] = None,
 ) -> None:
     """Fit a classifier on labelled data, evaluate it on a test split, and save the run."""
-    from .api import fit_run
     from .config import build_config, load_yaml
+    from .workflows import fit_run
 
     file_values = load_yaml(config) if config else {}
     cli_values: dict[str, Any] = dict(
@@ -216,7 +216,7 @@ def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("value", justify="right")
-    from .evaluate.metrics import HEADLINE
+    from .metrics import HEADLINE
 
     for key in HEADLINE:
         table.add_row(key, f"{metrics[key]:.4f}")
@@ -264,7 +264,7 @@ def study_command(
                          ] = False,
 ) -> None:
     """Measure how many labels, how much time and compute transfer saves over scratch."""
-    from .api import study
+    from .workflows import study
 
     per_strategy: dict[str, dict[str, Any]] = {}
     for key, value in parse_options(option).items():
@@ -308,7 +308,7 @@ def evaluate(
     """Evaluate a saved model on labelled data."""
     from ._io import write_json
     from ._outputs import check_output_file
-    from .api import Classifier
+    from .classifier import Classifier
 
     if output:
         check_output_file(output, overwrite, inputs=[run, data])
@@ -350,7 +350,7 @@ def predict(
         if engine != "torch":
             raise TransferkitError("--support builds prototypes with the torch engine: drop "
                                    "--engine onnx.")
-        from .api import Classifier
+        from .classifier import Classifier
 
         model: Any = Classifier.load(run, batch_size=batch_size, precision=precision
                                      ).with_support(support, text_column=text_column)
@@ -487,7 +487,7 @@ def meta_train(
     episodes)."""
     from ._outputs import check_out_folder
     from .adapt.protonet import meta_train_data
-    from .api import Classifier
+    from .classifier import Classifier
 
     check_out_folder(out_dir, overwrite, inputs=[data, valid, backbone])  # before training
     dataset = meta_train_data(data, _class_list(classes), valid=valid, per_class=per_class,
@@ -545,7 +545,7 @@ def meta_eval(
     from ._outputs import check_output_file
     from .adapt import TransferModel
     from .adapt.protonet import INNER_LR, meta_evaluate, read_labelled
-    from .api import Classifier
+    from .classifier import Classifier
 
     if output:
         check_output_file(output, overwrite, inputs=[model, data])
@@ -648,7 +648,7 @@ def pretrain(
                                                        "is whole.")] = False,
 ) -> None:
     """Self-supervised pretraining: masked-LM for text, SimCLR for images -> a backbone."""
-    from .api import pretrain as run
+    from .workflows import pretrain as run
 
     options = {k: v for k, v in locals().items() if k not in ("corpus", "out_dir", "cased",
                                                                "run")}
@@ -671,7 +671,7 @@ def demo(
     out_dir: Annotated[str, Opt("--out", help="Run folder to write.")] = "runs/demo",
 ) -> None:
     """Fit the bundled MiniLM on the embedded SMS-spam data against a TF-IDF baseline."""
-    from .demo import run_demo
+    from .workflows import run_demo
 
     result = _with_progress(lambda progress: run_demo(out_dir, progress))
     _print_result(result)

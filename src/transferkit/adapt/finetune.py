@@ -121,7 +121,7 @@ class FineTuneStrategy(Strategy):
     @staticmethod
     def _thresholds(model: TransferModel, valid_ex: Examples | None, ctx: FitContext
                     ) -> list[float]:
-        from ..evaluate.metrics import tune_thresholds
+        from ..metrics import tune_thresholds
 
         if valid_ex is None:
             return [0.5] * len(model.classes)

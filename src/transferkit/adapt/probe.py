@@ -102,7 +102,7 @@ class Probe(Strategy):
                         ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         from sklearn.model_selection import cross_val_predict
 
-        from ..evaluate.metrics import tune_thresholds
+        from ..metrics import tune_thresholds
 
         k_labels = y.shape[1]
         weight = np.zeros((k_labels, x.shape[1]))
@@ -175,7 +175,7 @@ class Probe(Strategy):
         info: dict[str, Any] = {"epochs": epoch + 1, "best_epoch": best[2] + 1,
                                 "valid_loss": None if best[1] is None else best[0]}
         if multilabel:
-            from ..evaluate.metrics import tune_thresholds
+            from ..metrics import tune_thresholds
 
             with torch.no_grad():
                 proba = torch.sigmoid(layer(xt[va])).cpu().numpy() if len(va) else None

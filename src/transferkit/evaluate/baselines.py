@@ -15,7 +15,7 @@ from ..adapt.base import label_indices
 from ..adapt.probe import make_logreg_cv
 from ..backbones.vision import to_pil
 from ..data.examples import TEXT, Dataset, Examples
-from .metrics import compute_metrics
+from ..metrics import compute_metrics
 
 
 def _pixels(ex: Examples, size: int = 32) -> np.ndarray:

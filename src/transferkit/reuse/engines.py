@@ -60,7 +60,7 @@ class TorchEngine(_Base):
 
     def __init__(self, run_dir: Path, *, precision: str = "auto", batch_size: int = 32,
                  device: str | None = "auto") -> None:
-        from ..api import Classifier
+        from ..classifier import Classifier
 
         super().__init__(read_config(run_dir))
         self.classifier = Classifier.load(run_dir, batch_size=batch_size, precision=precision,

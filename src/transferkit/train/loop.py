@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .cache import autocast_for, resolve_precision
+from .device import autocast_for, default_device, resolve_precision
 from .sampler import bucketed_batches
 
 SCHEDULES = ("linear", "cosine", "constant")
@@ -184,10 +184,10 @@ def train(
     """
     from safetensors.torch import load_file, save_file
 
-    from ..evaluate.metrics import compute_metrics, compute_multilabel_metrics
+    from ..metrics import compute_metrics, compute_multilabel_metrics
 
     cfg.validate()
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     resolved = resolve_precision(precision, device)
     accelerator = _make_accelerator(resolved, device, cfg, run_dir, cfg.grad_accum)
     backbone = model.backbone

@@ -6,8 +6,8 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .api import RunResult, fit_run
-from .config import FitConfig
+from ..config import FitConfig
+from .fit import RunResult, fit_run
 
 DEMO_BUDGETS = [8, 32]
 

@@ -13,7 +13,7 @@ from rich.table import Table
 from .errors import TransferkitError
 
 app = typer.Typer(
-    name="transferkit", no_args_is_help=True, add_completion=False,
+    name="transferkit", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
     help="Adapt a pretrained model to your labelled data, evaluate it, and reuse it.\n\n"
          "Start with `transferkit demo`, then `transferkit fit DATA --out runs/first`.",
 )
@@ -21,13 +21,18 @@ console = Console(stderr=True)
 out = Console()
 
 Opt = typer.Option
+# The registered strategies, for --help without importing torch (a test keeps it in step
+# with the registry in adapt/).
+STRATEGY_NAMES = ("probe", "partial", "full", "gradual", "bitfit", "lora", "contrastive",
+                  "protonet", "scratch")
 
 
 def _show_version(value: bool) -> None:
     if value:
-        from . import __version__
+        from . import __version__, git_commit
 
-        out.print(f"transferkit {__version__}")
+        commit = git_commit()
+        out.print(f"transferkit {__version__}" + (f" (commit {commit})" if commit else ""))
         raise typer.Exit()
 
 
@@ -50,10 +55,13 @@ def fit(
     backbone: Annotated[str | None, Opt(
         help="Alias (see `transferkit models`), local folder, timm name or HF id. "
              "[default: minilm]")] = None,
-    strategy: Annotated[str | None, Opt(help="How to adapt the backbone. [default: probe]")] = None,
+    strategy: Annotated[str | None, Opt(help="How to adapt the backbone: "
+                                         f"{', '.join(STRATEGY_NAMES)}. [default: probe]")
+                        ] = None,
     head: Annotated[str | None, Opt(
         help="Probe head: logreg (cross-validated) or linear (torch). [default: logreg]")] = None,
-    out_dir: Annotated[str | None, Opt("--out", help="Run folder to write. [default: runs/latest]")
+    out_dir: Annotated[str | None, Opt("--out", help="Run folder to write. [default: a new "
+                                                  "runs/<data>-<strategy>-<time>]")
                        ] = None,
     text_column: Annotated[str | None, Opt(help="Text column (default: found automatically).")
                            ] = None,
@@ -225,6 +233,8 @@ def _metrics_table(metrics: dict[str, Any], title: str) -> Table:
 
 
 def _print_result(result: Any) -> None:
+    for line in result.data_lines:  # skipped rows, with file and line: fix them or ignore them
+        console.print(f"[yellow]data:[/] {line}", highlight=False, soft_wrap=True)
     out.print(_metrics_table(result.metrics, "test metrics"))
     if result.comparison:
         table = Table(title="same split, same labels")

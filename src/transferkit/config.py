@@ -26,7 +26,7 @@ class FitConfig(BaseModel):
     train: str = Field(description="training data: file, folder, or hf:NAME")
     valid: str | None = None
     test: str | None = None
-    out: str = "runs/latest"
+    out: str | None = None  # None: a new runs/<data>-<strategy>-<time> folder per run
     text_column: str | None = None
     label_column: str | None = None
     label_delimiter: str | None = None  # multi-label: "a|b" label cells

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,17 +39,34 @@ class Probe(Strategy):
     name = "probe"
     frozen_backbone = True
 
-    def __init__(self, head: str = "logreg", cv_folds: int = 5, Cs: int = 7,  # noqa: N803
-                 max_iter: int = 3000, epochs: int = 300, lr: float = 1e-2,
-                 weight_decay: float = 1e-3) -> None:
+    # Each head's own options, with their defaults; the other head's are refused, not ignored.
+    HEAD_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
+        "logreg": {"cv_folds": 5, "Cs": 7, "max_iter": 3000},
+        "linear": {"epochs": 300, "lr": 1e-2, "weight_decay": 1e-3},
+    }
+
+    def __init__(self, head: str = "logreg", cv_folds: int | None = None,
+                 Cs: int | None = None, max_iter: int | None = None,  # noqa: N803
+                 epochs: int | None = None, lr: float | None = None,
+                 weight_decay: float | None = None) -> None:
         if head not in HEADS:
             raise ConfigError(f"Unknown probe head '{head}'. Choose one of: {', '.join(HEADS)}.")
-        self.head, self.cv_folds, self.Cs, self.max_iter = head, cv_folds, Cs, max_iter
-        self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
+        given = {"cv_folds": cv_folds, "Cs": Cs, "max_iter": max_iter, "epochs": epochs,
+                 "lr": lr, "weight_decay": weight_decay}
+        other = next(h for h in HEADS if h != head)
+        ignored = [k for k in self.HEAD_OPTIONS[other] if given[k] is not None]
+        if ignored:
+            raise ConfigError(
+                f"{', '.join(ignored)} set the probe's {other} head, but this probe fits the "
+                f"{head} head, which would ignore them. Drop them, or pass --head {other}.")
+        own = {k: v if given[k] is None else given[k] for k, v in self.HEAD_OPTIONS[head].items()}
+        self.head, self._own = head, own
+        for key, value in {**self.HEAD_OPTIONS["logreg"], **self.HEAD_OPTIONS["linear"],
+                           **own}.items():
+            setattr(self, key, value)
 
     def options(self) -> dict[str, Any]:
-        return dict(head=self.head, cv_folds=self.cv_folds, Cs=self.Cs, max_iter=self.max_iter,
-                    epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay)
+        return {"head": self.head, **self._own}
 
     def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
         x = ctx.features(model, data.train, "features: train")

@@ -12,13 +12,14 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .. import __version__, git_commit
 from .._io import write_json, write_text
-from .._outputs import checkpoint_dir_for, staged_output
+from .._outputs import checkpoint_dir_for, fresh_run_dir, staged_output
 from ..classifier import Classifier
 from ..config import FitConfig, dump_yaml
 from ..data import Dataset, issue_summary, load_data
 from ..data.split import per_class_budget
+from ..errors import ConfigError
 from ..evaluate.baselines import classic_baseline
 from ..evaluate.report import _env, write_run_report
 from ..reuse.artifact import save_model
@@ -33,12 +34,19 @@ class RunResult:
     report: Path
     comparison: list[dict[str, Any]] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
+    data_lines: list[str] = field(default_factory=list)  # rows skipped, where, and why
 
 
 def fit_run(config: FitConfig, progress: Progress | None = None,
             data: Dataset | None = None) -> RunResult:
     """Everything ``transferkit fit`` does: data -> fit -> evaluate -> artifact + report."""
     start = time.perf_counter()
+    if config.out is None:
+        if "RANK" in os.environ:  # each process would pick its own time-stamped folder
+            raise ConfigError("Under torchrun / accelerate launch pass --out: every process "
+                              "must use the same run folder.")
+        config = config.model_copy(update={"out": str(fresh_run_dir(config.train,
+                                                                    config.strategy))})
     out = Path(config.out)
     # Under `accelerate launch` / torchrun every rank runs this; only rank 0 writes the run.
     main_process = int(os.environ.get("RANK", "0")) == 0
@@ -76,7 +84,8 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
         title = f"{Path(str(config.train)).name} · {config.backbone} · {config.strategy}"
         run = {
             "title": title, "strategy": config.strategy, "seed": config.seed,
-            "version": __version__, "precision": extraction[0].precision if extraction else "",
+            "version": __version__, "commit": git_commit(),
+            "precision": extraction[0].precision if extraction else "",
             "cached": bool(extraction) and all(s.from_cache for s in extraction),
             "extract_seconds": extract_seconds, "fit_seconds": clf.timings["fit_head"],
             "total_seconds": time.perf_counter() - start,
@@ -94,7 +103,8 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
                                         "timings": clf.timings, "fit_info": clf.fit_info,
                                         "comparison": comparison})
     return RunResult(out=out, metrics=metrics, report=out / "report.html",
-                     comparison=comparison, timings={**clf.timings, "total": run["total_seconds"]})
+                     comparison=comparison, timings={**clf.timings, "total": run["total_seconds"]},
+                     data_lines=data.report.lines())
 
 
 def compare_with_baseline(config: FitConfig, data: Dataset, clf: Classifier,

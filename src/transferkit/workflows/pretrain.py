@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .. import __version__, git_commit
 from .._io import ordinary_permissions, write_json, write_text
 from .._outputs import check_out_folder, checkpoint_dir_for, staged_output
 from ..backbones import load_backbone
@@ -69,7 +69,7 @@ def pretrain_run(config: Any, progress: Progress | None = None) -> dict[str, Any
             summary = pretrain_images(items, config, stage, checkpoint_dir_for(out), progress,
                                       device)
         summary = {"corpus": report, **summary, "total_seconds": time.perf_counter() - start,
-                   "version": __version__, "torch": torch.__version__}
+                   "version": __version__, "commit": git_commit(), "torch": torch.__version__}
         if not main_process:
             return {"out": out, **summary}
         load_backbone(str(stage))  # the folder must load as a backbone before it is kept

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import __version__
 from ._outputs import staged_output
 from .adapt import FitContext, TransferModel, get_strategy, label_indices
 from .backbones import Backbone, load_backbone
@@ -152,7 +153,12 @@ class Classifier:
 
         model, config = load_model(directory, trust_remote_code=trust_remote_code)
         name = config.strategy.get("name")
-        clf = cls(model.backbone, strategy=name if name in STRATEGIES else "probe",
+        if name not in STRATEGIES:
+            raise ArtifactError(
+                f"{directory} was made with the strategy '{name}', which this transferkit "
+                f"({__version__}) does not have (it has {', '.join(sorted(STRATEGIES))}). "
+                "Load it with the transferkit version that made it (config.json says which).")
+        clf = cls(model.backbone, strategy=name,
                   batch_size=batch_size, precision=precision, device=device, cache=cache)
         clf.model = model
         clf.fit_info = config.strategy.get("fit_info", {})

@@ -269,8 +269,10 @@ class Protonet(Strategy):
                 v_labels = label_indices(valid, classes)
                 try:
                     check_episodes(v_labels, classes, n_way, self.k_shot, self.n_query, "valid")
-                except ConfigError:
-                    valid = None
+                except ConfigError as e:  # asked for early stopping: never drop it silently
+                    raise ConfigError(f"The validation data cannot make episodes for early "
+                                      f"stopping: {e} Give more validation examples per "
+                                      "class, or no validation data.") from e
                 if valid is not None:
                     def evaluator() -> dict[str, float]:
                         feats = embed(backbone, valid.inputs).numpy()

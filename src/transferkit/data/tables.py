@@ -227,6 +227,23 @@ def read_table(
     if frame.empty:
         raise DataError(f"{path}: the file has no rows. Point transferkit at a file with data.")
     return frame_to_examples(frame, path.name, rows, text_column, label_column, require_labels)
+
+
+def other_columns(path: Path, text_column: str | None, label_column: str | None
+                  ) -> pd.DataFrame | None:
+    """The columns of a table file besides its text and label, in file order (an ``id`` to
+    join predictions back on); None for sources that are not table files."""
+    if path.suffix.lower() not in TABLE_SUFFIXES or not path.is_file():
+        return None
+    frame, _ = read_table_frame(path)
+    frame.columns = [str(c) for c in frame.columns]
+    columns = list(frame.columns)
+    used = {pick_column(columns, text_column, TEXT_COLUMN_GUESSES, "text", path.name),
+            pick_column(columns, label_column, LABEL_COLUMN_GUESSES, "label", path.name,
+                        required=False)}
+    return frame[[c for c in columns if c not in used]].reset_index(drop=True)
+
+
 def read_hf_dataset(
     spec: str, text_column: str | None, label_column: str | None, require_labels: bool,
 ) -> dict[str, Examples]:

@@ -58,7 +58,7 @@ class TrainConfig:
     metric: str = "accuracy"
     patience: int | None = 3  # evaluations without improvement before stopping
     restore_best: bool = True
-    checkpoint_every: int | None = None  # optimizer steps
+    checkpoint_every: int | None = None  # optimizer steps; None: at the end of each epoch
     max_steps: int | None = None
     log_every: int = 10
     log_with: str | None = None  # "tensorboard"
@@ -424,6 +424,8 @@ def train(
             state.batch_in_epoch = 0
             epoch_seconds.append(time.perf_counter() - epoch_start)
             epoch_start = time.perf_counter()
+            if not cfg.checkpoint_every and checkpoint_dir and state.epoch < cfg.epochs:
+                checkpoint()  # by default each epoch, so a killed run can always --resume
         if state.stopped_early:
             break
     if has_valid and (state.best_metric is None or state.global_step > state.best_step) \

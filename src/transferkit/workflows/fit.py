@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import time
@@ -21,9 +22,10 @@ from ..data import Dataset, issue_summary, load_data
 from ..data.split import per_class_budget
 from ..errors import ConfigError
 from ..evaluate.baselines import classic_baseline
-from ..evaluate.report import _env, write_run_report
+from ..evaluate.report import write_model_card, write_run_report
 from ..reuse.artifact import save_model
 
+log = logging.getLogger("transferkit")
 Progress = Callable[..., None]  # (stage, done, total, **extra: loss, lr, best)
 
 
@@ -48,6 +50,10 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
         config = config.model_copy(update={"out": str(fresh_run_dir(config.train,
                                                                     config.strategy))})
     out = Path(config.out)
+    if config.resume and not checkpoint_dir_for(out).is_dir():
+        log.warning("--resume: no checkpoint at %s (the run was killed before its first one, "
+                    "or finished), so training starts from the beginning.",
+                    checkpoint_dir_for(out))
     # Under `accelerate launch` / torchrun every rank runs this; only rank 0 writes the run.
     main_process = int(os.environ.get("RANK", "0")) == 0
     inputs = [config.train, config.valid, config.test]
@@ -97,7 +103,7 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
                    "backbone": model.backbone.describe(), "comparison": comparison,
                    "labels": model.classes}
         write_run_report(stage, context)
-        write_text(stage / "README.md", _env().get_template("model_card.md.j2").render(**context))
+        write_model_card(stage, "model_card.md.j2", **context)
         write_text(stage / "run.yaml", dump_yaml(config))
         write_json(stage / "run.json", {"run": run, "data": data.summary(),
                                         "timings": clf.timings, "fit_info": clf.fit_info,

@@ -16,6 +16,7 @@ from ..backbones import load_backbone
 from ..classifier import seed_everything
 from ..config import PretrainConfig, dump_yaml
 from ..errors import ConfigError
+from ..evaluate.report import write_model_card
 from ..pretrain.corpus import read_corpus
 from ..train.device import resolve_device
 from .fit import Progress
@@ -75,30 +76,7 @@ def pretrain_run(config: Any, progress: Progress | None = None) -> dict[str, Any
         load_backbone(str(stage))  # the folder must load as a backbone before it is kept
         write_text(stage / "pretrain.yaml", dump_yaml(config))
         write_json(stage / "pretrain.json", summary)
-        write_text(stage / "README.md", _pretrain_card(config, summary))
+        write_model_card(stage, "backbone_card.md.j2", version=__version__, config=config,
+                         s=summary)
         ordinary_permissions(stage)  # safetensors writes 0600 files
     return {"out": out, **summary}
-
-
-def _pretrain_card(config: Any, s: dict[str, Any]) -> str:
-    """The model card of a pretrained backbone folder: what it is, how it was made."""
-    lines = [f"# Backbone pretrained by transferkit {__version__}", "",
-             f"- objective: {s['objective']} ({s.get('kind', '')}, from {s.get('start')})",
-             f"- corpus: {', '.join(config.corpus)} ({s['corpus']['examples']} examples; "
-             f"{s.get('train_texts', s.get('train_images'))} trained on, "
-             f"{s.get('valid_texts', s.get('valid_images'))} held out)",
-             f"- steps: {s['steps']} (best at {s['best_step']}), "
-             f"{'stopped early' if s['stopped_early'] else 'ran to the end'}",
-             f"- training time: {s['train_seconds']:.0f} s, precision {s['precision']}"]
-    for key, label in (("tokens_per_second", "tokens/s"), ("images_per_second", "images/s")):
-        if s.get(key):
-            lines.append(f"- throughput: {s[key]:.0f} {label}")
-    for key in ("valid_perplexity_start", "valid_perplexity_best", "valid_loss_start",
-                "valid_loss_best"):
-        if s.get(key) is not None:
-            lines.append(f"- {key.replace('_', ' ')}: {s[key]:.4g}")
-    lines += ["", "Use it as a backbone:", "", "```",
-              f"transferkit fit DATA --backbone {config.out} --strategy full", "```",
-              "", "Settings: `pretrain.yaml`; measurements: `pretrain.json`; per-step log: "
-              "`train_log.jsonl`."]
-    return "\n".join(lines) + "\n"

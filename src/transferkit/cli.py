@@ -687,6 +687,23 @@ def demo(
     _print_result(result)
 
 
+@app.command()
+def examples(
+    out_dir: Annotated[str, Opt("--out", help="Folder to write them into.")] = "examples",
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an earlier examples folder.")
+                         ] = False,
+) -> None:
+    """Write the small example files of the README: spam.csv (labelled), spam_test.csv,
+    new.csv (unlabelled texts)."""
+    from .workflows import write_examples
+
+    folder = write_examples(out_dir, overwrite)
+    for path in sorted(folder.glob("*.csv")):
+        rows = sum(1 for _ in path.open(encoding="utf-8")) - 1
+        out.print(f"{path}: {rows} rows")
+    out.print(f"try: transferkit fit {folder / 'spam.csv'} --out runs/spam")
+
+
 def main() -> None:
     """Usage mistakes are click's (typer runs its own bundled copy of click, whose errors it
     shows as a short message with exit 2 in standalone mode); a TransferkitError is a

@@ -14,7 +14,7 @@ ROOT = Path(transferkit.__file__).parent
 
 # Bottom to top. A module may import from its own layer's packages or any lower layer.
 LAYERS = [
-    {"transferkit", "errors", "_io", "_outputs", "config", "metrics", "labels"},
+    {"transferkit", "_version", "errors", "_io", "_outputs", "config", "metrics", "labels"},
     {"data"},
     {"backbones"},
     {"train"},

@@ -44,8 +44,11 @@ def entry(name: str, ours: float, peer: float, unit: str, runs: int, higher_is_b
 def write_results(bench: str, entries: list[dict[str, Any]]) -> Path:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{bench}.json"
-    payload = {"benchmark": bench, "python": platform.python_version(),
-               "machine": platform.machine(), "entries": entries}
+    from transferkit import __version__, git_commit
+
+    payload = {"benchmark": bench, "transferkit": __version__, "commit": git_commit(),
+               "python": platform.python_version(), "machine": platform.machine(),
+               "entries": entries}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)

@@ -31,7 +31,8 @@ def main() -> None:
     import transferkit
     from transferkit import Classifier, load_data
     from transferkit.backbones import ALIASES, load_backbone
-    from transferkit.train.cache import FeatureCache, extract_features, resolve_precision
+    from transferkit.train.cache import FeatureCache, extract_features
+    from transferkit.train.device import resolve_precision
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--texts", type=int, default=2000)

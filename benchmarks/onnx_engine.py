@@ -52,7 +52,7 @@ def main() -> None:
     from transferkit import Classifier, load_data
     from transferkit.reuse.engines import load_engine
     from transferkit.reuse.onnx_export import export_onnx
-    from transferkit.train.cache import resolve_precision
+    from transferkit.train.device import resolve_precision
 
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--texts", type=int, default=2000)

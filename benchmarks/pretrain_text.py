@@ -11,8 +11,8 @@ English (``--experiment english``): continued pretraining of the bundled MiniLM 
 rotten_tomatoes *training* texts, then the probe and full fine-tuning at the same budgets
 and seeds as the bundled MiniLM.
 
-Both use ``transferkit.api.pretrain`` and ``transferkit.api.study``, the code paths of the
-``pretrain`` and ``study`` commands. Pretrained backbones and studies go to a temporary
+Both use ``transferkit.workflows.pretrain`` and ``transferkit.workflows.study``, the code
+paths of the ``pretrain`` and ``study`` commands. Pretrained backbones and studies go to a temporary
 folder (``--work``); the summary goes to ``benchmarks/results/pretrain_<experiment>.json``.
 
     python benchmarks/pretrain_text.py --experiment chinese|english [--work DIR]
@@ -47,7 +47,7 @@ def pretrain_summary(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def chinese(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from transferkit.api import pretrain, study
+    from transferkit.workflows import pretrain, study
 
     tag = f"e{args.pretrain_epochs}-lr{args.pretrain_lr:g}-b{args.pretrain_batch}"
     backbone = work / f"zh-tiny-{tag}"
@@ -68,7 +68,7 @@ def chinese(work: Path, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def english(work: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from transferkit.api import pretrain, study
+    from transferkit.workflows import pretrain, study
 
     backbone = work / "minilm-rotten"
     if not (backbone / "pretrain.json").is_file():

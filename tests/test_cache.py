@@ -61,7 +61,7 @@ def test_fp16_is_accepted_but_needs_a_gpu(tiny_bert_dir):
     import torch
 
     from transferkit.errors import ConfigError
-    from transferkit.train.cache import resolve_precision
+    from transferkit.train.device import resolve_precision
 
     assert resolve_precision("fp16", torch.device("cuda")) == "fp16"
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):

@@ -93,7 +93,10 @@ def test_table_formats_autodetect_columns_and_keep_tricky_texts(tmp_path, suffix
     assert ex.inputs == TRICKY_TEXTS  # "NA", "null", "0123" stay strings, exactly as written
     assert all(isinstance(t, str) for t in ex.inputs)
     assert ex.labels == TRICKY_LABELS
-    assert ex.origins == [f"train{suffix} row {i}" for i in range(1, 9)]
+    # where an editor shows each row: the line of a text file, the row of a Parquet table
+    where = [f"row {i}" for i in range(1, 9)] if suffix == ".parquet" else \
+        [f"line {i + (suffix != '.jsonl')}" for i in range(1, 9)]
+    assert ex.origins == [f"train{suffix} {w}" for w in where]
 
 
 @pytest.mark.parametrize("suffix", TABLE_FORMATS)
@@ -163,7 +166,7 @@ def test_txt_is_one_text_per_line_without_labels(tmp_path):
     ex = read_source(path, require_labels=False)["all"]
     assert ex.inputs == ["first line", "NA", "0123"]
     assert ex.labels is None
-    assert ex.origins == ["unlabelled.txt row 1", "unlabelled.txt row 2", "unlabelled.txt row 3"]
+    assert ex.origins == ["unlabelled.txt line 1", "unlabelled.txt line 2", "unlabelled.txt line 3"]
 
     with pytest.raises(DataError) as err:  # training needs labels; a .txt has none
         load_data(path)
@@ -457,8 +460,8 @@ def test_empty_text_and_missing_label_rows_are_skipped_and_named(tmp_path):
     origins = {i.kind: [] for i in data.report.issues}
     for issue in data.report.issues:
         origins[issue.kind].append(issue.origin)
-    assert origins == {"empty_text": ["train.csv row 3", "train.csv row 4"],
-                       "missing_label": ["train.csv row 5"]}
+    assert origins == {"empty_text": ["train.csv line 4", "train.csv line 5"],
+                       "missing_label": ["train.csv line 6"]}
     assert len(data.train) == 22
     assert "no label here" not in data.train.inputs
     assert "2 empty or missing text, 1 missing label" == issue_summary(data.report)
@@ -473,7 +476,7 @@ def test_unseen_test_label_is_dropped_and_reported(tmp_path):
 
     assert data.test.inputs == ["t0", "t1", "t3"]
     issues = [(i.kind, i.origin, i.detail) for i in data.report.issues]
-    assert issues == [("unseen_label", "test.csv row 3", "label 'zebra'")]
+    assert issues == [("unseen_label", "test.csv line 4", "label 'zebra'")]
     assert data.classes == ["a", "b"]
 
 
@@ -499,7 +502,7 @@ def test_train_test_duplicates_are_removed_from_test_as_leakage(tmp_path):
 
     assert data.test.inputs == ["fresh text", "A Example 3", "other text"]
     leaks = [i.origin for i in data.report.issues if i.kind == "leakage"]
-    assert leaks == ["test.csv row 2", "test.csv row 4"]
+    assert leaks == ["test.csv line 3", "test.csv line 5"]
     assert len(data.train) == 10  # train is never shrunk by leakage
 
 
@@ -513,14 +516,14 @@ def test_strict_raises_naming_file_and_row(tmp_path):
     with pytest.raises(DataError) as err:
         load_data(train, test=test, strict=True)
     msg = str(err.value)
-    assert "train.csv row 11" in msg
+    assert "train.csv line 12" in msg
     assert "empty or missing text" in msg and "--strict" in msg
 
 
 def test_strict_also_raises_on_unseen_labels(tmp_path):
     train = labelled_csv(tmp_path / "train.csv", {"a": 3, "b": 3})
     test = write_rows(tmp_path / "test.csv", [("t0", "a"), ("t1", "c")])
-    with pytest.raises(DataError, match="test.csv row 2"):
+    with pytest.raises(DataError, match="test.csv line 3"):
         load_data(train, test=test, strict=True)
 
 
@@ -533,7 +536,7 @@ def test_more_than_max_bad_fraction_is_an_error(tmp_path):
         load_data(train, test=test, max_bad_fraction=0.2)
     msg = str(err.value)
     assert "train.csv: 3 of 10 rows are unusable" in msg
-    assert "train.csv row 8" in msg and "train.csv row 10" in msg
+    assert "train.csv line 9" in msg and "train.csv line 11" in msg
 
     data = load_data(train, test=test, max_bad_fraction=0.3)  # 30% is allowed
     assert len(data.train) == 7
@@ -575,7 +578,7 @@ def test_no_test_file_gives_a_stratified_seeded_split(tmp_path):
     assert set(data.train.inputs) | set(data.test.inputs) == all_texts
     assert any("no test set given" in n and "seed 0" in n for n in data.report.notes)
     # the held-out rows keep pointing at the user's file
-    assert all(o.startswith("train.csv row ") for o in data.test.origins)
+    assert all(o.startswith("train.csv line ") for o in data.test.origins)
 
     again = load_data(train, seed=0, test_size=0.2)
     assert again.test.inputs == data.test.inputs and again.train.inputs == data.train.inputs

@@ -61,7 +61,8 @@ def test_missing_label_spellings_are_reported_rows_not_classes(spelling, pad, su
 
     assert data.classes == ["a", "b"]
     issues = [(i.kind, i.origin, i.detail) for i in data.report.issues]
-    assert issues == [("missing_label", f"train{suffix} row 21",
+    where = {".csv": "line 22", ".jsonl": "line 21", ".parquet": "row 21"}[suffix]
+    assert issues == [("missing_label", f"train{suffix} {where}",
                        f"'{spelling}' is read as no label")]
 
 
@@ -104,8 +105,8 @@ def test_jsonl_number_and_string_labels_are_refused_naming_rows(tmp_path):
     with pytest.raises(DataError) as err:
         read_source(path)
     msg = str(err.value)
-    assert msg.startswith("t.jsonl: the label column 'label' mixes numbers (row 1: 1) and "
-                          "strings (row 3: \"1\")")
+    assert msg.startswith("t.jsonl: the label column 'label' mixes numbers (line 1: 1) and "
+                          "strings (line 3: \"1\")")
     assert "all as strings" in msg
 
     same = write_jsonl(tmp_path / "n.jsonl", [{"text": "a", "label": 1}, {"text": "b",
@@ -205,7 +206,7 @@ def test_jsonl_rows_are_its_line_numbers(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"text": "a", "label": "x"}\n\n{"text": "", "label": "y"}\n',
                     encoding="utf-8")
-    assert read_source(path)["all"].origins == ["t.jsonl row 1", "t.jsonl row 3"]
+    assert read_source(path)["all"].origins == ["t.jsonl line 1", "t.jsonl line 3"]
 
 
 def test_csv_row_with_more_fields_than_the_header_is_an_error(tmp_path):
@@ -235,7 +236,7 @@ def test_all_labels_missing_says_so_not_two_classes(tmp_path):
         load_data(path)
     msg = str(err.value)
     assert "t.csv: 10 of 10 rows are unusable" in msg
-    assert "missing label: t.csv row 1 ('NA' is read as no label)" in msg
+    assert "missing label: t.csv line 2 ('NA' is read as no label)" in msg
 
 
 # --------------------------------------------------------------------------- 17: size
@@ -289,12 +290,12 @@ def test_long_text_is_a_reported_bad_row_with_the_limit(tmp_path):
     data = load_data(path)
 
     issues = [(i.kind, i.origin, i.detail) for i in data.report.issues]
-    assert issues == [("long_text", "t.csv row 21",
+    assert issues == [("long_text", "t.csv line 22",
                        "150,000 characters, max_text_chars is 100,000")]
     assert "1 x text longer than max_text_chars (split it, or raise max_text_chars)" in \
         data.report.lines()[0]
     assert len(load_data(path, max_text_chars=200_000).report.issues) == 0
-    with pytest.raises(DataError, match="t.csv row 21"):
+    with pytest.raises(DataError, match="t.csv line 22"):
         load_data(path, strict=True)
 
 
@@ -309,7 +310,7 @@ def test_text_length_limit_is_exact(limit, lengths):
         path.write_text("text,label\n" + good_rows(40) + "".join(f"{t},b\n" for t in texts),
                         encoding="utf-8")
         data = load_data(path, max_text_chars=limit, max_bad_fraction=1.0)
-    long_rows = [f"t.csv row {41 + i}" for i, t in enumerate(texts) if len(t) > limit]
+    long_rows = [f"t.csv line {42 + i}" for i, t in enumerate(texts) if len(t) > limit]
     assert [i.origin for i in data.report.issues if i.kind == "long_text"] == long_rows
 
 

@@ -56,8 +56,8 @@ def tiny_run(tmp_path_factory, tiny_bert_dir, labelled_csv) -> Path:
 @pytest.fixture(scope="module")
 def minilm_run(tmp_path_factory, data_dir) -> tuple[Path, dict]:
     """A real run (fit_run: run.yaml, model card) of MiniLM on a slice of SMS spam."""
-    from transferkit.api import fit_run
     from transferkit.config import FitConfig
+    from transferkit.workflows import fit_run
 
     root = tmp_path_factory.mktemp("minilm")
     train = pd.read_csv(data_dir / "sms_spam.train.csv", keep_default_na=False)

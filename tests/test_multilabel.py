@@ -8,7 +8,7 @@ import pytest
 
 from transferkit import Classifier, load_data
 from transferkit.adapt import label_indices
-from transferkit.evaluate.metrics import compute_multilabel_metrics, tune_thresholds
+from transferkit.metrics import compute_multilabel_metrics, tune_thresholds
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ from PIL import Image
 
 from transferkit import Classifier
 from transferkit._outputs import MARKER, staged_output
-from transferkit.api import fit_run, study
 from transferkit.config import build_config, dump_yaml, load_yaml
 from transferkit.errors import ArtifactError, ConfigError, TransferkitError
+from transferkit.workflows import fit_run, study
 
 
 def _csv(path: Path, labels: tuple[str, str] = ("ham", "spam"), n: int = 24) -> Path:

@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from safetensors.numpy import load_file
 
-from transferkit.api import Classifier, pretrain
+from transferkit import Classifier
+from transferkit.workflows import pretrain
 
 # 12 steps of 16 texts, held-out perplexity every 4, a checkpoint every 6: seconds on a CPU.
 STEPS = {"max_steps": 12, "batch_size": 16, "eval_every": 4, "checkpoint_every": 6,

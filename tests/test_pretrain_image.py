@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.numpy import load_file
 
-from transferkit.api import pretrain
 from transferkit.errors import ConfigError
 from transferkit.pretrain.image import nt_xent
+from transferkit.workflows import pretrain
 
 ARCH = "test_resnet"  # timm's 0.4M-parameter test ResNet: seconds per run on a CPU
 
@@ -55,7 +55,7 @@ def test_heldout_loss_falls_and_summary_is_complete(reference):
 
 
 def test_output_is_a_backbone_a_probe_can_use(reference, data_dir, tmp_path):
-    from transferkit.api import Classifier
+    from transferkit import Classifier
     from transferkit.backbones import load_backbone
     from transferkit.backbones.vision import VisionBackbone
 

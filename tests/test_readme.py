@@ -1,8 +1,8 @@
 """The README as a newcomer meets it: its quick-start runs as written, and it fits on a screen.
 
 The quick-start is the ```bash block right under the ``## Quick start`` heading. Each line is
-run as written by bash, from a scratch folder holding a copy of ``examples/`` (the commands use
-relative paths, so nothing lands in the checkout), with the venv's ``bin`` first on PATH: the
+run as written by bash, from an empty scratch folder (its first command, ``transferkit
+examples``, writes the example files there), with the venv's ``bin`` first on PATH: the
 ``transferkit`` a reader gets after ``source .venv/bin/activate``.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,10 +93,10 @@ def test_quickstart_block_is_parsed():
 @pytest.mark.slow
 def test_quickstart_commands_run_as_written(tmp_path):
     commands = quickstart_commands(README.read_text(encoding="utf-8"))
-    # every file the block names under examples/ is shipped
-    named = set(re.findall(r"examples/[\w.-]+", " ".join(commands)))
-    assert named and all((ROOT / f).is_file() for f in named), named
-    shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    # every file the block names under examples/ is shipped in the package
+    named = set(re.findall(r"examples/([\w.-]+)", " ".join(commands)))
+    shipped = ROOT / "src" / "transferkit" / "examples"
+    assert named and all((shipped / f).is_file() for f in named), named
     env = dict(os.environ)  # conftest's TRANSFERKIT_CACHE and HF_HUB_OFFLINE included
     env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
     for command in commands:

@@ -200,3 +200,23 @@ def mark_folder(folder: Path, kind: str) -> None:
     """Mark a folder transferkit fills in place (a study, whose cells are kept as they
     finish) as its own."""
     write_json(folder / MARKER, {"kind": kind, "written": time.time()})
+
+
+def checkpoint_dir_for(out: Path) -> Path:
+    """Checkpoints live beside the run folder (which only appears once the run is whole), so a
+    killed run can be resumed with ``--resume``; they are deleted when training finishes."""
+    return out.with_name(f"{out.name}.checkpoints")
+
+
+def fresh_run_dir(train: str, strategy: str, root: PathLike = "runs") -> Path:
+    """A new run folder for a run given no --out: runs/<data>-<strategy>-<time>[-N], so a
+    second run never collides with the first."""
+    import re
+
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(train)).stem).strip("-.") or "run"
+    base = Path(root) / f"{stem}-{strategy}-{time.strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate

@@ -15,6 +15,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ConfigError
 
+# Numeric precisions of the torch paths (the ONNX engine checks against this too, torch-free).
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
 
 class FitConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -22,7 +26,7 @@ class FitConfig(BaseModel):
     train: str = Field(description="training data: file, folder, or hf:NAME")
     valid: str | None = None
     test: str | None = None
-    out: str = "runs/latest"
+    out: str | None = None  # None: a new runs/<data>-<strategy>-<time> folder per run
     text_column: str | None = None
     label_column: str | None = None
     label_delimiter: str | None = None  # multi-label: "a|b" label cells
@@ -40,7 +44,7 @@ class FitConfig(BaseModel):
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
     batch_size: int = Field(default=32, ge=1)
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     device: str = "auto"
     cache: bool = True
     compare_baseline: bool = False
@@ -83,7 +87,7 @@ class PretrainConfig(BaseModel):
     valid_max: int = Field(default=2000, ge=1)  # held-out examples at most (evaluation cost)
     checkpoint_every: int | None = Field(default=None, ge=1)
     seed: int = 0
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    precision: Precision = "auto"
     device: str = "auto"
     overwrite: bool = False
     resume: bool = False

@@ -25,9 +25,12 @@ from torch import nn
 
 from ..data.examples import Dataset, Examples
 from ..errors import ConfigError
-from ..train.loop import TRAIN_OPTIONS, ParamGroup, TrainConfig, train
+from ..train.batches import BackboneBatches
+from ..train.config import TRAIN_OPTIONS, RunSettings, TrainConfig
+from ..train.optim import ParamGroup
 from ..train.prefix import static_prefix
 from ..train.sampler import BalancedBatches
+from ..train.trainer import Hooks, Trainer
 from .base import FitContext, Strategy, batchnorm_modules, register, reject_unknown_options
 from .model import TransferModel
 
@@ -249,15 +252,13 @@ class Contrastive(Strategy):
         params = [p for p in backbone.parameters() if id(p) not in kept_ids]
         for p in params:
             p.requires_grad_(True)
-        result = train(
-            encoder, [ParamGroup(params, cfg.lr, 0, "encoder")], train_ex.inputs, groups,
-            None, None, len(group_of), cfg, seed=ctx.seed, batch_size=batch,
-            precision=ctx.precision, device=ctx.device, run_dir=ctx.run_dir,
-            checkpoint_dir=ctx.checkpoint_dir, resume=ctx.resume, progress=ctx.progress,
-            frozen_modules=[*norms, *kept], sampler=sampler,
-            prefix_layers=static_prefix(backbone, kept),  # frozen layers run once, not per step
-            criterion=contrastive_criterion(self.loss, self.margin), evaluator=evaluator,
-        )
+        # the frozen lower layers run once over the data, not once per step
+        pairs = BackboneBatches(backbone, train_ex.inputs, groups, len(group_of),
+                                prefix=static_prefix(backbone, kept))
+        result = Trainer(
+            encoder, [ParamGroup(params, cfg.lr, 0, "encoder")], cfg, pairs,
+            hooks=Hooks(sampler, contrastive_criterion(self.loss, self.margin), evaluator),
+            run=RunSettings.of(ctx, batch_size=batch), frozen=[*norms, *kept]).fit()
         for p in params:
             p.requires_grad_(False)
         backbone.eval()

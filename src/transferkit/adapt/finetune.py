@@ -1,10 +1,10 @@
 """Fine-tuning strategies on the one training loop: full, partial, gradual, bitfit, lora.
 
 Each strategy only *plans*: which layer groups train, from which epoch, at which learning
-rate. The loop (``train/loop.py``) does the rest. By default the head starts from a linear
-probe on the frozen features (LP-FT, Kumar et al. 2022): fine-tuning then starts from a good
-classifier instead of a random one, which distorts the pretrained features less and converges
-in fewer epochs; the probe's features come from the cache, so it costs seconds.
+rate. The ``Trainer`` (``train/trainer.py``) does the rest. By default the head starts from a
+linear probe on the frozen features (LP-FT, Kumar et al. 2022): fine-tuning then starts from a
+good classifier instead of a random one, which distorts the pretrained features less and
+converges in fewer epochs; the probe's features come from the cache, so it costs seconds.
 """
 
 from __future__ import annotations
@@ -18,7 +18,10 @@ from torch import nn
 from ..data.examples import DataReport, Dataset, Examples
 from ..data.split import stratified_split
 from ..errors import ConfigError
-from ..train.loop import TRAIN_OPTIONS, ParamGroup, TrainConfig, train
+from ..train.batches import BackboneBatches
+from ..train.config import TRAIN_OPTIONS, RunSettings, TrainConfig
+from ..train.optim import ParamGroup
+from ..train.trainer import Trainer
 from .base import FitContext, Strategy, label_indices, register, reject_unknown_options
 from .model import TransferModel
 
@@ -95,16 +98,14 @@ class FineTuneStrategy(Strategy):
             p.requires_grad_(id(p) in planned)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         total = sum(p.numel() for p in model.parameters())
-        result = train(
-            model, groups, train_ex.inputs, label_indices(train_ex, model.classes),
-            valid_ex.inputs if valid_ex is not None else None,
-            label_indices(valid_ex, model.classes) if valid_ex is not None else None,
-            len(model.classes), self.train_config, seed=ctx.seed, batch_size=ctx.batch_size,
-            precision=ctx.precision, device=ctx.device, frozen_modules=frozen,
-            run_dir=ctx.run_dir, checkpoint_dir=ctx.checkpoint_dir, resume=ctx.resume,
-            progress=ctx.progress, prefix_layers=self.cacheable_prefix(model, frozen),
-            feature_cache=ctx.cache,
-        )
+        n_classes = len(model.classes)
+        train_batches = BackboneBatches(
+            model.backbone, train_ex.inputs, label_indices(train_ex, model.classes), n_classes,
+            prefix=self.cacheable_prefix(model, frozen), cache=ctx.cache)
+        valid_batches = None if valid_ex is None else BackboneBatches(
+            model.backbone, valid_ex.inputs, label_indices(valid_ex, model.classes), n_classes)
+        result = Trainer(model, groups, self.train_config, train_batches, valid=valid_batches,
+                         run=RunSettings.of(ctx), frozen=frozen).fit()
         self.finish_backbone(model)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -121,7 +122,7 @@ class FineTuneStrategy(Strategy):
     @staticmethod
     def _thresholds(model: TransferModel, valid_ex: Examples | None, ctx: FitContext
                     ) -> list[float]:
-        from ..evaluate.metrics import tune_thresholds
+        from ..metrics import tune_thresholds
 
         if valid_ex is None:
             return [0.5] * len(model.classes)

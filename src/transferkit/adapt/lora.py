@@ -7,7 +7,7 @@ from typing import Any
 from torch import nn
 
 from ..errors import ConfigError
-from ..train.loop import ParamGroup
+from ..train.optim import ParamGroup
 from .base import register
 from .finetune import FineTuneStrategy
 from .model import TransferModel

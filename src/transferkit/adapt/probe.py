@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -13,6 +13,10 @@ from torch import nn
 
 from ..data.examples import Dataset
 from ..errors import ConfigError
+from ..train.batches import TensorBatches
+from ..train.config import RunSettings, TrainConfig
+from ..train.optim import ParamGroup
+from ..train.trainer import Hooks, Trainer
 from .base import FitContext, Strategy, label_indices, register
 from .model import TransferModel
 
@@ -31,25 +35,43 @@ def make_logreg_cv(cs: np.ndarray, cv: StratifiedKFold, max_iter: int, seed: int
 @register
 class Probe(Strategy):
     """``head='logreg'``: scikit-learn logistic regression, L2 strength chosen by stratified
-    cross-validation on the training set. ``head='linear'``: a torch linear layer trained with
-    AdamW and early stopping (runs on GPU; the differentiable head later strategies reuse).
+    cross-validation on the training set. ``head='linear'``: a torch linear layer trained on the
+    one ``Trainer`` (AdamW, runs on GPU), stopping early on the loss of a held-out tenth of the
+    training set after ``patience`` epochs without improvement.
     Either way the result is one ``nn.Linear`` (standardisation folded in), so a probe saves,
     exports and serves like any other model."""
 
     name = "probe"
     frozen_backbone = True
 
-    def __init__(self, head: str = "logreg", cv_folds: int = 5, Cs: int = 7,  # noqa: N803
-                 max_iter: int = 3000, epochs: int = 300, lr: float = 1e-2,
-                 weight_decay: float = 1e-3) -> None:
+    # Each head's own options, with their defaults; the other head's are refused, not ignored.
+    HEAD_OPTIONS: ClassVar[dict[str, dict[str, Any]]] = {
+        "logreg": {"cv_folds": 5, "Cs": 7, "max_iter": 3000},
+        "linear": {"epochs": 300, "lr": 1e-2, "weight_decay": 1e-3, "patience": 20},
+    }
+
+    def __init__(self, head: str = "logreg", cv_folds: int | None = None,
+                 Cs: int | None = None, max_iter: int | None = None,  # noqa: N803
+                 epochs: int | None = None, lr: float | None = None,
+                 weight_decay: float | None = None, patience: int | None = None) -> None:
         if head not in HEADS:
             raise ConfigError(f"Unknown probe head '{head}'. Choose one of: {', '.join(HEADS)}.")
-        self.head, self.cv_folds, self.Cs, self.max_iter = head, cv_folds, Cs, max_iter
-        self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
+        given = {"cv_folds": cv_folds, "Cs": Cs, "max_iter": max_iter, "epochs": epochs,
+                 "lr": lr, "weight_decay": weight_decay, "patience": patience}
+        other = next(h for h in HEADS if h != head)
+        ignored = [k for k in self.HEAD_OPTIONS[other] if given[k] is not None]
+        if ignored:
+            raise ConfigError(
+                f"{', '.join(ignored)} set the probe's {other} head, but this probe fits the "
+                f"{head} head, which would ignore them. Drop them, or pass --head {other}.")
+        own = {k: v if given[k] is None else given[k] for k, v in self.HEAD_OPTIONS[head].items()}
+        self.head, self._own = head, own
+        for key, value in {**self.HEAD_OPTIONS["logreg"], **self.HEAD_OPTIONS["linear"],
+                           **own}.items():
+            setattr(self, key, value)
 
     def options(self) -> dict[str, Any]:
-        return dict(head=self.head, cv_folds=self.cv_folds, Cs=self.Cs, max_iter=self.max_iter,
-                    epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay)
+        return {"head": self.head, **self._own}
 
     def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
         x = ctx.features(model, data.train, "features: train")
@@ -102,7 +124,7 @@ class Probe(Strategy):
                         ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         from sklearn.model_selection import cross_val_predict
 
-        from ..evaluate.metrics import tune_thresholds
+        from ..metrics import tune_thresholds
 
         k_labels = y.shape[1]
         weight = np.zeros((k_labels, x.shape[1]))
@@ -135,9 +157,7 @@ class Probe(Strategy):
 
     def _fit_torch(self, x: np.ndarray, y: np.ndarray, n_classes: int, ctx: FitContext
                    ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        gen = torch.Generator().manual_seed(ctx.seed)
-        torch.manual_seed(ctx.seed)
-        device = ctx.device or torch.device("cpu")
+        torch.manual_seed(ctx.seed)  # the layer's initial weights
         multilabel = y.ndim == 2
         strata = y.argmax(1) if multilabel else y
         can_hold_out = len(y) >= 20 and np.bincount(strata).min() >= 2
@@ -146,39 +166,40 @@ class Probe(Strategy):
                                       random_state=ctx.seed)
         else:
             tr, va = np.arange(len(y)), np.arange(0)
-        xt = torch.from_numpy(x).to(device)
-        yt = torch.from_numpy(y).to(device)
-        layer = nn.Linear(x.shape[1], n_classes).to(device)
-        opt = torch.optim.AdamW(layer.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        layer = nn.Linear(x.shape[1], n_classes)
+        xv, yv = torch.from_numpy(x[va]), torch.from_numpy(y[va])
         loss_fn = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
-        best = (float("inf"), None, 0)
-        batch = 1024
-        tr_t = torch.from_numpy(tr).to(device)
-        for epoch in range(self.epochs):
-            perm = tr_t[torch.randperm(len(tr_t), generator=gen).to(device)]
-            for s in range(0, len(perm), batch):
-                idx = perm[s:s + batch]
-                opt.zero_grad()
-                loss_fn(layer(xt[idx]), yt[idx]).backward()
-                opt.step()
-            if len(va):
-                with torch.no_grad():
-                    val = loss_fn(layer(xt[va]), yt[va]).item()
-                if val < best[0] - 1e-5:
-                    best = (val, {k: v.clone() for k, v in layer.state_dict().items()}, epoch)
-                elif epoch - best[2] >= 20:  # patience: 20 epochs without improvement
-                    break
-        if best[1] is not None:
-            layer.load_state_dict(best[1])
-        w = layer.weight.detach().cpu().double().numpy()
-        b = layer.bias.detach().cpu().double().numpy()
-        info: dict[str, Any] = {"epochs": epoch + 1, "best_epoch": best[2] + 1,
-                                "valid_loss": None if best[1] is None else best[0]}
+
+        def valid_loss() -> dict[str, float]:
+            # only the loss it stops on: the full classification report would cost more
+            # than the epoch it scores, for hundreds of epochs
+            device = layer.weight.device
+            return {"valid_loss": loss_fn(layer(xv.to(device)), yv.to(device)).item()}
+
+        # a convex problem on fixed features: a constant LR, no warm-up, no clipping
+        cfg = TrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay,
+                          warmup_ratio=0.0, schedule="constant", max_grad_norm=None,
+                          metric="loss", patience=self.patience)
+        # fp32: a head this small gains nothing from bf16, and its folded standardisation
+        # needs the precision. No log, checkpoints or progress bars: the probe is seconds of
+        # one step of a run (a bar per epoch would be hundreds of bars)
+        run = RunSettings.of(ctx, batch_size=1024, precision="fp32", run_dir=None,
+                             checkpoint_dir=None, resume=False, progress=None)
+        result = Trainer(layer, [ParamGroup(list(layer.parameters()), self.lr)], cfg,
+                         TensorBatches(x[tr], y[tr], n_classes),
+                         hooks=Hooks(evaluator=valid_loss if len(va) else None), run=run).fit()
+        layer = layer.cpu()
+        w = layer.weight.detach().double().numpy()
+        b = layer.bias.detach().double().numpy()
+        info: dict[str, Any] = {"epochs": result["epochs_completed"], "steps": result["steps"],
+                                "best_step": result["best_step"],
+                                "stopped_early": result["stopped_early"],
+                                "valid_loss": result["best_valid"]}
         if multilabel:
-            from ..evaluate.metrics import tune_thresholds
+            from ..metrics import tune_thresholds
 
             with torch.no_grad():
-                proba = torch.sigmoid(layer(xt[va])).cpu().numpy() if len(va) else None
+                proba = torch.sigmoid(layer(xv)).numpy() if len(va) else None
             info["thresholds"] = tune_thresholds(y[va], proba) if proba is not None \
                 else [0.5] * n_classes
         return w, b, info

@@ -32,8 +32,11 @@ from torch import nn
 
 from ..data.examples import Dataset, Examples
 from ..errors import ConfigError
-from ..train.loop import TRAIN_OPTIONS, ParamGroup, TrainConfig, train
+from ..train.batches import BackboneBatches
+from ..train.config import TRAIN_OPTIONS, RunSettings, TrainConfig
+from ..train.optim import ParamGroup
 from ..train.sampler import Episodes
+from ..train.trainer import Hooks, Trainer
 from .base import (
     FitContext,
     Strategy,
@@ -269,8 +272,10 @@ class Protonet(Strategy):
                 v_labels = label_indices(valid, classes)
                 try:
                     check_episodes(v_labels, classes, n_way, self.k_shot, self.n_query, "valid")
-                except ConfigError:
-                    valid = None
+                except ConfigError as e:  # asked for early stopping: never drop it silently
+                    raise ConfigError(f"The validation data cannot make episodes for early "
+                                      f"stopping: {e} Give more validation examples per "
+                                      "class, or no validation data.") from e
                 if valid is not None:
                     def evaluator() -> dict[str, float]:
                         feats = embed(backbone, valid.inputs).numpy()
@@ -288,17 +293,12 @@ class Protonet(Strategy):
             params = list(backbone.parameters())
             for p in params:
                 p.requires_grad_(True)
-            result = train(
-                encoder, [ParamGroup(params, cfg.lr, 0, "encoder")], data.train.inputs,
-                labels, None, None, len(classes), cfg, seed=ctx.seed,
-                batch_size=ctx.batch_size, precision=ctx.precision, device=ctx.device,
-                run_dir=ctx.run_dir, checkpoint_dir=ctx.checkpoint_dir, resume=ctx.resume,
-                progress=ctx.progress, sampler=sampler,
-                frozen_modules=batchnorm_modules(backbone) if self.freeze_batchnorm else [],
-                criterion=prototype_criterion(n_way, self.k_shot, self.n_query, scale,
-                                              **inner),
-                evaluator=evaluator,
-            )
+            criterion = prototype_criterion(n_way, self.k_shot, self.n_query, scale, **inner)
+            result = Trainer(
+                encoder, [ParamGroup(params, cfg.lr, 0, "encoder")], cfg,
+                BackboneBatches(backbone, data.train.inputs, labels, len(classes)),
+                hooks=Hooks(sampler, criterion, evaluator), run=RunSettings.of(ctx),
+                frozen=batchnorm_modules(backbone) if self.freeze_batchnorm else []).fit()
             for p in params:
                 p.requires_grad_(False)
             backbone.eval()

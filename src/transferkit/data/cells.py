@@ -48,10 +48,10 @@ def column_list(columns: Sequence[object], limit: int = 20) -> str:
 
 
 def to_examples(
-    frame: pd.DataFrame, where: str, rows: Sequence[int], tcol: str, lcol: str | None,
+    frame: pd.DataFrame, where: str, rows: Sequence[str], tcol: str, lcol: str | None,
     label_names: list[str] | None = None,
 ) -> Examples:
-    """``rows[i]`` is the row number the user sees for ``frame``'s i-th row."""
+    """``rows[i]`` is where the user finds ``frame``'s i-th row (``line 12``, ``row 3``)."""
     texts = [_text(v, where, tcol, row) for v, row in zip(frame[tcol].tolist(), rows, strict=True)]
     labels = None
     if lcol is not None:
@@ -60,11 +60,11 @@ def to_examples(
         if label_names is None:
             _refuse_mixed_types(values, where, lcol, rows)
         labels = [_label(v, label_names) for v in values]
-    origins = [f"{where} row {r}" for r in rows]
+    origins = [f"{where} {r}" for r in rows]
     return Examples(inputs=texts, labels=labels, origins=origins, modality=TEXT, source=where)
 
 
-def _scalar(value: Any, where: str, column: str, row: int, what: str) -> Any:
+def _scalar(value: Any, where: str, column: str, row: str, what: str) -> Any:
     """The cell as a scalar (None when absent); a list, dict or bytes is a DataError."""
     if value is None:
         return None
@@ -79,7 +79,7 @@ def _scalar(value: Any, where: str, column: str, row: int, what: str) -> Any:
             fix = ("Join the pieces into one string first, e.g. df[col] = df[col].str.join(' ')"
                    ", or pass --text-column with a column of strings.")
         raise DataError(
-            f"{where}: column '{column}' holds {kind}, not one {what} per row (row {row}: "
+            f"{where}: column '{column}' holds {kind}, not one {what} per row ({row}: "
             f"{shorten(value)}). transferkit reads each {what} as one string. {fix}"
         )
     try:
@@ -90,7 +90,7 @@ def _scalar(value: Any, where: str, column: str, row: int, what: str) -> Any:
     return value
 
 
-def _text(value: Any, where: str, column: str, row: int) -> str | None:
+def _text(value: Any, where: str, column: str, row: str) -> str | None:
     value = _scalar(value, where, column, row, "text")
     return None if value is None else str(value)
 
@@ -114,14 +114,14 @@ def _type_of(value: Any) -> str:
     return "strings"
 
 
-def _refuse_mixed_types(values: list[Any], where: str, column: str, rows: Sequence[int]) -> None:
-    first: dict[str, tuple[int, Any]] = {}
+def _refuse_mixed_types(values: list[Any], where: str, column: str, rows: Sequence[str]) -> None:
+    first: dict[str, tuple[str, Any]] = {}
     for value, row in zip(values, rows, strict=True):
         if value is not None:
             first.setdefault(_type_of(value), (row, value))
     if len(first) < 2:
         return
-    found = " and ".join(f"{kind} (row {row}: {json.dumps(value, default=str)})"
+    found = " and ".join(f"{kind} ({row}: {json.dumps(value, default=str)})"
                          for kind, (row, value) in first.items())
     raise DataError(
         f"{where}: the label column '{column}' mixes {found}. Labels are compared as text, so "

@@ -1,7 +1,8 @@
 """Text tables: CSV, TSV, JSONL, Parquet, and Hugging Face ``datasets`` (by name or on disk).
 
-Every reader returns the table and, for each of its rows, the number the user sees: the data
-row of a CSV (1 = the first row under the header), the line of a JSONL file. Parsing is linear
+Every reader returns the table and, for each of its rows, the place the user sees: the line an
+editor shows for CSV, TSV, JSONL and TXT files (``line 12``), the row for Parquet and JSON
+arrays (``row 3``). Parsing is linear
 in the file's size: the CSV header is read by us (pandas de-duplicates repeated column names
 in quadratic time, which made a 1 MB one-line file take minutes), and JSON lines one by one.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -35,12 +37,12 @@ def is_hf_disk_dataset(path: Path) -> bool:
     )
 
 
-def read_table_frame(path: Path) -> tuple[pd.DataFrame, list[int]]:
-    """Read a table file; return it with the row number the user sees for each of its rows."""
+def read_table_frame(path: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Read a table file; return it with the place (``line 12``) of each of its rows."""
     suffix = path.suffix.lower()
     try:
         if suffix in (".csv", ".tsv"):
-            frame = _read_csv(path, "\t" if suffix == ".tsv" else ",")
+            return _read_csv(path, "\t" if suffix == ".tsv" else ",")
         elif suffix == ".jsonl":
             return _read_jsonl(path)
         elif suffix == ".json":
@@ -48,7 +50,8 @@ def read_table_frame(path: Path) -> tuple[pd.DataFrame, list[int]]:
         elif suffix in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         elif suffix == ".txt":
-            frame = pd.DataFrame({"text": path.read_text(encoding="utf-8").splitlines()})
+            texts = path.read_text(encoding="utf-8").splitlines()
+            return pd.DataFrame({"text": texts}), [f"line {i}" for i in range(1, len(texts) + 1)]
         else:
             raise DataError(
                 f"{path}: unsupported file type '{suffix}'. Use .csv, .tsv, .jsonl, .parquet or "
@@ -68,17 +71,40 @@ def read_table_frame(path: Path) -> tuple[pd.DataFrame, list[int]]:
             f"{path}: cannot parse as {suffix.lstrip('.').upper()} ({e}). Check the file format, "
             "or rename it with the right extension (.csv, .tsv, .jsonl, .parquet)."
         ) from e
-    return frame, list(range(1, len(frame) + 1))
+    return frame, [f"row {i}" for i in range(1, len(frame) + 1)]
 
 
-def _read_csv(path: Path, sep: str) -> pd.DataFrame:
+def _read_csv(path: Path, sep: str) -> tuple[pd.DataFrame, list[str]]:
     """All cells as the file's strings ("NA", "null", "0123" stay text), header read by us."""
     _check_header(path, sep)
     frame = pd.read_csv(path, sep=sep, header=None, dtype=str, keep_default_na=False)
     names = unique_names(frame.iloc[0].tolist())
     frame = frame.iloc[1:].reset_index(drop=True)
     frame.columns = names
-    return frame
+    lines = _record_lines(path, sep)
+    if len(lines) != len(frame):  # the csv module split records otherwise: say "row", not "line"
+        return frame, [f"row {i}" for i in range(1, len(frame) + 1)]
+    return frame, [f"line {n}" for n in lines]
+
+
+def _record_lines(path: Path, sep: str) -> list[int]:
+    """The line each data record starts on, as an editor numbers lines (a quoted text may
+    span several lines, so this is not the record's index plus one)."""
+    starts = []
+    limit = csv.field_size_limit(sys.maxsize)  # texts are bounded later, with a message
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter=sep)
+            end = 0
+            for record in reader:
+                if record:
+                    starts.append(end + 1)
+                end = reader.line_num
+    except csv.Error:
+        return []
+    finally:
+        csv.field_size_limit(limit)
+    return starts[1:]  # the first record is the header
 
 
 def _check_header(path: Path, sep: str) -> None:
@@ -114,7 +140,7 @@ def unique_names(header: Sequence[object]) -> list[str]:
     return names
 
 
-def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[str]]:
     """One JSON object a line, parsed here so that an error names its line and types stay
     as written (a number is not a string); blank lines are skipped."""
     records, lines = [], []
@@ -123,7 +149,7 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, list[int]]:
             if not line.strip():
                 continue
             records.append(_json_object(line, f"{path}:{number}"))
-            lines.append(number)
+            lines.append(f"line {number}")
     return pd.DataFrame(records, dtype=object), lines
 
 
@@ -183,7 +209,7 @@ def pick_column(
 
 
 def frame_to_examples(
-    frame: pd.DataFrame, where: str, rows: Sequence[int], text_column: str | None,
+    frame: pd.DataFrame, where: str, rows: Sequence[str], text_column: str | None,
     label_column: str | None, require_labels: bool, label_names: list[str] | None = None,
 ) -> Examples:
     columns = [str(c) for c in frame.columns]
@@ -201,6 +227,23 @@ def read_table(
     if frame.empty:
         raise DataError(f"{path}: the file has no rows. Point transferkit at a file with data.")
     return frame_to_examples(frame, path.name, rows, text_column, label_column, require_labels)
+
+
+def other_columns(path: Path, text_column: str | None, label_column: str | None
+                  ) -> pd.DataFrame | None:
+    """The columns of a table file besides its text and label, in file order (an ``id`` to
+    join predictions back on); None for sources that are not table files."""
+    if path.suffix.lower() not in TABLE_SUFFIXES or not path.is_file():
+        return None
+    frame, _ = read_table_frame(path)
+    frame.columns = [str(c) for c in frame.columns]
+    columns = list(frame.columns)
+    used = {pick_column(columns, text_column, TEXT_COLUMN_GUESSES, "text", path.name),
+            pick_column(columns, label_column, LABEL_COLUMN_GUESSES, "label", path.name,
+                        required=False)}
+    return frame[[c for c in columns if c not in used]].reset_index(drop=True)
+
+
 def read_hf_dataset(
     spec: str, text_column: str | None, label_column: str | None, require_labels: bool,
 ) -> dict[str, Examples]:
@@ -233,7 +276,8 @@ def read_hf_dataset(
             label_names = list(feature.names)
         frame = ds.to_pandas()
         out[_split_key(split_name)] = frame_to_examples(
-            frame, f"{spec}[{split_name}]", range(len(frame)), text_column, lcol, require_labels,
+            frame, f"{spec}[{split_name}]", [f"row {i}" for i in range(len(frame))], text_column,
+            lcol, require_labels,
             label_names)
     return out
 

@@ -1,7 +1,1 @@
-"""Metrics, plots and reports."""
-
-from __future__ import annotations
-
-from .metrics import compute_metrics
-
-__all__ = ["compute_metrics"]
+"""Reports of runs and studies, and the no-pretraining baselines."""

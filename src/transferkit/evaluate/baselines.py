@@ -15,7 +15,11 @@ from ..adapt.base import label_indices
 from ..adapt.probe import make_logreg_cv
 from ..backbones.vision import to_pil
 from ..data.examples import TEXT, Dataset, Examples
-from .metrics import compute_metrics
+from ..metrics import compute_metrics
+from ..train.batches import TensorBatches
+from ..train.config import RunSettings, TrainConfig
+from ..train.optim import ParamGroup
+from ..train.trainer import Trainer
 
 
 def _pixels(ex: Examples, size: int = 32) -> np.ndarray:
@@ -59,7 +63,7 @@ def classic_baseline(data: Dataset, seed: int = 0, cnn: bool = False) -> dict[st
 def small_cnn_baseline(data: Dataset, seed: int = 0, epochs: int = 10, size: int = 32
                        ) -> dict[str, Any]:
     """Two conv blocks and a linear layer, trained from random weights on the same images:
-    the classic no-pretraining model for images."""
+    the classic no-pretraining model for images, on the same ``Trainer`` as every strategy."""
     import torch
     from torch import nn
 
@@ -72,22 +76,21 @@ def small_cnn_baseline(data: Dataset, seed: int = 0, epochs: int = 10, size: int
         return torch.from_numpy(arr).unsqueeze(1)
 
     x_train, x_test = tensor(data.train), tensor(data.test)
-    y = torch.from_numpy(label_indices(data.train, data.classes)).long()
     net = nn.Sequential(
         nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * (size // 4) ** 2, len(data.classes)))
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        net.train()
-        for idx in torch.randperm(len(y), generator=gen).split(64):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x_train[idx]), y[idx]).backward()
-            opt.step()
-    net.eval()
+    # a fixed recipe, no validation split: the baseline gets the training data the
+    # transferred model gets, and a constant LR that suits 10 epochs from scratch
+    cfg = TrainConfig(epochs=epochs, lr=2e-3, weight_decay=1e-4, warmup_ratio=0.0,
+                      schedule="constant", max_grad_norm=None, patience=None)
+    images = TensorBatches(x_train, label_indices(data.train, data.classes), len(data.classes))
+    Trainer(net, [ParamGroup(list(net.parameters()), cfg.lr)], cfg, images,
+            run=RunSettings(seed=seed, batch_size=64, precision="fp32")).fit()
+    device = next(net.parameters()).device
     with torch.inference_mode():
-        proba = torch.cat([torch.softmax(net(b), -1) for b in x_test.split(512)]).numpy()
+        proba = torch.cat([torch.softmax(net(b.to(device)), -1).cpu()
+                           for b in x_test.split(512)]).numpy()
     metrics = compute_metrics(label_indices(data.test, data.classes), proba, data.classes)
     return {"name": "small CNN from scratch", "metrics": metrics,
             "seconds": time.perf_counter() - start, "n_train": len(data.train)}

@@ -66,6 +66,12 @@ def _env() -> Environment:
                        autoescape=select_autoescape(["html", "html.j2"]))
 
 
+def write_model_card(folder: Path, template: str, **context: Any) -> None:
+    """The folder's README.md: what it is, how it was made, how to use it (one writer for
+    run folders and pretrained backbones; an ONNX export adds its own section later)."""
+    write_text(folder / "README.md", _env().get_template(template).render(**context))
+
+
 def write_run_report(directory: Path, context: dict[str, Any]) -> dict[str, Path]:
     """Write metrics.json, confusion_matrix.png, report.md and report.html into ``directory``.
 

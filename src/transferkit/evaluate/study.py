@@ -93,7 +93,7 @@ def forward_flops_per_example(backbone: Any, sample: list[Any]) -> float:
 def run_cell(strategy: str, data: Dataset, plan: StudyPlan, pristine: Any, seed: int,
              flops_per_example: float, memo: dict | None = None) -> dict[str, Any]:
     """One real run: fit on the budgeted training set, evaluate on the shared test set."""
-    from ..api import Classifier
+    from ..classifier import Classifier
     from ..train.cache import FeatureCache
     from .baselines import classic_baseline
 
@@ -167,8 +167,8 @@ def run_study(data: Dataset, plan: StudyPlan, out: Path,
     t_shared = time.perf_counter()
     if pristine is not None:  # the frozen backbone's features, once for the whole study
         from ..adapt import FitContext, TransferModel
-        from ..api import resolve_device
         from ..train.cache import FeatureCache
+        from ..train.device import resolve_device
 
         ctx = FitContext(batch_size=plan.batch_size, precision=plan.precision,
                          device=resolve_device("auto"), cache=FeatureCache(), memo=memo,

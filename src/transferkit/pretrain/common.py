@@ -1,8 +1,8 @@
-"""What both pretraining objectives share: the held-out split, the loop call, throughput.
+"""What both pretraining objectives share: the held-out split, the Trainer, throughput.
 
 An objective is an ``nn.Module`` whose ``forward(**batch)`` returns the loss of a batch and
-whose ``backbone`` attribute prepares and collates its inputs (the loop's input protocol:
-``prepare``, ``cost``, ``collate``, ``modality``). It counts what it trains on in
+whose ``backbone`` attribute prepares and collates its inputs (what ``BackboneBatches``
+needs: ``prepare``, ``cost``, ``collate``, ``modality``). It counts what it trains on in
 ``units_seen`` (tokens or images), so throughput is measured, not estimated.
 """
 
@@ -18,7 +18,10 @@ import numpy as np
 from torch import nn
 
 from ..config import PretrainConfig
-from ..train.loop import ParamGroup, TrainConfig, train
+from ..train.batches import BackboneBatches
+from ..train.config import RunSettings, TrainConfig
+from ..train.optim import ParamGroup
+from ..train.trainer import Hooks, Trainer
 
 
 def holdout(n: int, fraction: float, at_most: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -55,13 +58,16 @@ def run_objective(
         checkpoint_every=cfg.checkpoint_every, max_grad_norm=1.0, log_every=10)
     params = [p for p in objective.parameters() if p.requires_grad]
     objective.units_seen = 0
-    result = train(
-        objective, [ParamGroup(params, lr, 0, "all")], train_items,
-        np.zeros(len(train_items), dtype=np.int64), None, None, 1, train_cfg,
-        seed=cfg.seed, batch_size=batch_size, precision=cfg.precision, device=device,
-        run_dir=run_dir, checkpoint_dir=checkpoint_dir, resume=cfg.resume, progress=progress,
-        sampler=sampler, criterion=lambda loss, _: loss,
-        evaluator=timed_evaluator if evaluator is not None else None)
+    # the objective returns its own loss; the targets are placeholders the criterion ignores
+    items = BackboneBatches(objective.backbone, train_items,
+                            np.zeros(len(train_items), dtype=np.int64), 1)
+    result = Trainer(
+        objective, [ParamGroup(params, lr, 0, "all")], train_cfg, items,
+        hooks=Hooks(sampler, lambda loss, _: loss,
+                    timed_evaluator if evaluator is not None else None),
+        run=RunSettings(seed=cfg.seed, batch_size=batch_size, precision=cfg.precision,
+                        device=device, run_dir=run_dir, checkpoint_dir=checkpoint_dir,
+                        resume=cfg.resume, progress=progress)).fit()
     log = run_dir / "train_log.jsonl" if run_dir is not None else None
     result["history"] = [json.loads(line) for line in log.read_text().splitlines()] \
         if log is not None and log.is_file() else []

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from ..artifact.schema import read_config
+from ..config import PRECISIONS
 from ..errors import ConfigError
 from .engine_base import Engine, _Base
 
 ENGINES = ("torch", "onnx")
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 class TorchEngine(_Base):
@@ -28,7 +28,7 @@ class TorchEngine(_Base):
 
     def __init__(self, run_dir: Path, *, precision: str = "auto", batch_size: int = 32,
                  device: str | None = "auto") -> None:
-        from ..api import Classifier
+        from ..classifier import Classifier
 
         super().__init__(read_config(run_dir))
         self.classifier = Classifier.load(run_dir, batch_size=batch_size, precision=precision,

@@ -136,7 +136,7 @@ def _run_test_split(
 ) -> tuple[Examples | None, str]:
     """Labelled examples to measure on: ``eval_data``, else the run's own test split rebuilt
     from ``run.yaml`` with its seed (the same rows the run was scored on)."""
-    from ..api import evaluation_examples
+    from ..classifier import evaluation_examples
 
     delimiter = config.label_delimiter if config.multilabel else None
     if eval_data is not None:
@@ -178,7 +178,7 @@ def _edge_cases(config: ArtifactConfig, max_length: int) -> list[Any]:
 
 def _score(engine: OnnxEngine, examples: Examples, config: ArtifactConfig) -> dict[str, float]:
     from ..adapt import label_indices
-    from ..evaluate.metrics import compute_metrics, compute_multilabel_metrics
+    from ..metrics import compute_metrics, compute_multilabel_metrics
 
     proba = engine.predict_proba(list(examples.inputs))
     truth = label_indices(examples, config.labels)
@@ -197,7 +197,7 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, overwrite: bool = Fa
 
     ``exporter``: ``auto`` (TorchScript, dynamo if that fails), ``torchscript`` or ``dynamo``.
     """
-    from ..api import staged_output
+    from .._outputs import staged_output
     from ..artifact.store import load_model
 
     if exporter not in EXPORTERS:

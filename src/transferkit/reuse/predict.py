@@ -11,6 +11,7 @@ from .._io import write_with
 from .._outputs import check_output_file
 from ..data import DataReport, pick_split, read_source
 from ..data.examples import ISSUE_NAMES, TEXT
+from ..data.tables import other_columns
 from ..data.validate import clean_rows
 from ..errors import DataError
 
@@ -23,7 +24,8 @@ def predict_file(
     overwrite: bool = False, inputs: tuple[Any, ...] = (),
 ) -> tuple[Path, int, int]:
     """Predict every row of ``source``; rows that cannot be read keep their place in the output
-    with an empty label and the reason, so the output lines up with the input.
+    with an empty label and the reason, so the output lines up with the input, and a table's
+    other columns (an ``id``) are kept beside the predictions.
 
     ``engine`` comes from :func:`transferkit.reuse.engines.load_engine` (torch or ONNX)."""
     output = check_output_file(output, overwrite, inputs=(source, *inputs))
@@ -61,5 +63,9 @@ def predict_file(
                 row[f"prob_{c}"] = float(p)
         rows.append(row)
     frame = pd.DataFrame(rows)
+    kept = other_columns(Path(source), text_column, None)  # e.g. an id to join back on
+    if kept is not None and len(kept) == len(frame):
+        kept.columns = [f"input_{c}" if c in frame.columns else c for c in kept.columns]
+        frame = pd.concat([frame[["row"]], kept, frame.drop(columns="row")], axis=1)
     write_with(output, lambda p: frame.to_csv(p, index=False))
     return output, len(usable), len(examples) - len(usable)

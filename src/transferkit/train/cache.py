@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,48 +19,11 @@ import torch
 
 from .._io import atomic_path
 from ..backbones.base import Backbone
-from ..errors import ConfigError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+from .device import autocast_for, default_device, resolve_precision
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("TRANSFERKIT_CACHE", Path.home() / ".cache" / "transferkit"))
-
-
-def cpu_has_fast_bf16() -> bool:
-    """bf16 matrix products are ~3x fp32 on CPUs with AVX512-BF16 or AMX; elsewhere slower."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, c, lambda: False)() for c in checks)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise ConfigError(
-            f"Unknown precision '{precision}'. Choose one of: {', '.join(PRECISIONS)}."
-        )
-    if precision == "fp16" and device.type != "cuda":
-        raise ConfigError("fp16 needs a GPU; on CPU use --precision bf16 or fp32.")
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if device.type == "cpu" and cpu_has_fast_bf16() else "fp32"
-
-
-def autocast_for(precision: str, device: torch.device) -> Any:
-    """The autocast context of a resolved precision (none for fp32)."""
-    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
-    if precision not in dtypes:
-        return nullcontext()
-    return torch.autocast(device.type, dtype=dtypes[precision])
-
-
-def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
 
 
 @dataclass

@@ -6,8 +6,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .api import RunResult, fit_run
-from .config import FitConfig
+from .._outputs import staged_output
+from ..config import FitConfig
+from .fit import RunResult, fit_run
 
 DEMO_BUDGETS = [8, 32]
 
@@ -23,3 +24,15 @@ def run_demo(out: str | Path = "runs/demo", progress: Any = None) -> RunResult:
                        strategy="probe", compare_baseline=True, compare_budgets=DEMO_BUDGETS,
                        overwrite=True)
     return fit_run(config, progress)
+
+
+def write_examples(out: str | Path = "examples", overwrite: bool = False) -> Path:
+    """Copy the small example files the README's quick-start uses (shipped in the package)
+    into ``out``: a labelled CSV, a labelled test CSV and unlabelled new texts."""
+    import shutil
+
+    source = Path(str(files("transferkit") / "examples"))
+    with staged_output(out, overwrite, kind="examples") as stage:
+        for path in sorted(source.glob("*.csv")):
+            shutil.copyfile(path, stage / path.name)
+    return Path(out)

@@ -1,0 +1,135 @@
+"""Backbones, pretraining, the demo and the example files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .app import (
+    Opt,
+    _print_result,
+    _with_progress,
+    app,
+    out,
+)
+
+
+@app.command()
+def models() -> None:
+    """List backbone aliases, where each resolves on this machine, and how to install the
+    missing ones."""
+    from ..backbones import list_backbones
+
+    table = Table(title="backbone aliases (any timm name, HF id or local folder works too)")
+    for col in ("alias", "modality", "model", "resolves to"):
+        table.add_column(col, overflow="fold")
+    for row in list_backbones():
+        where = str(row["where"]) if row["installed"] or not row["install"] else \
+            f"{row['where']}; offline: {row['install']}"
+        table.add_row(str(row["name"]), str(row["modality"]), str(row["description"]), where)
+    out.print(table)
+
+
+@app.command()
+def pretrain(
+    corpus: Annotated[list[str], typer.Argument(
+        help="Unlabelled data: text files (one text a line), CSV/JSONL/Parquet (--text-column),"
+             " labelled datasets (labels ignored), image folders or .npz.")],
+    out_dir: Annotated[str, Opt("--out", help="Backbone folder to write.")
+                       ] = "runs/pretrained",
+    source: Annotated[str | None, Opt(
+        "--from", help="Backbone to continue pretraining (text: a BERT-like encoder; images: "
+                       "a timm name or backbone; with --scratch, its architecture).")] = None,
+    scratch: Annotated[bool, Opt("--scratch", help="Start from random weights.")] = False,
+    modality: Annotated[str, Opt(help="text or image.")] = "text",
+    size: Annotated[str, Opt(help="Text --scratch: BERT size tiny (2x128), mini (4x256) or "
+                                  "small (4x512).")] = "tiny",
+    vocab_size: Annotated[int, Opt(help="Text --scratch: WordPiece vocabulary size.")] = 8000,
+    tokenizer: Annotated[str | None, Opt(help="Text --scratch: use this tokenizer (a folder) "
+                                              "instead of training one.")] = None,
+    cased: Annotated[bool, Opt("--cased", help="Text --scratch: keep case in the tokenizer.")
+                     ] = False,
+    text_column: Annotated[str | None, Opt(help="Text column of table files.")] = None,
+    whole_word: Annotated[bool, Opt("--whole-word", help="Mask whole words, not pieces.")
+                          ] = False,
+    mlm_probability: Annotated[float, Opt(help="Share of tokens masked.")] = 0.15,
+    max_length: Annotated[int, Opt(help="Text: tokens per example.")] = 128,
+    image_size: Annotated[int | None, Opt(help="Images: resolution (--scratch: 32; else the "
+                                               "backbone's own).")] = None,
+    temperature: Annotated[float, Opt(help="Images: NT-Xent temperature.")] = 0.2,
+    epochs: Annotated[int, Opt(help="Passes over the corpus.")] = 3,
+    max_steps: Annotated[int | None, Opt(help="Stop after this many optimizer steps.")] = None,
+    lr: Annotated[float | None, Opt(help="Peak learning rate (text: 5e-5 continued, 5e-4 "
+                                         "scratch; images: 1e-4 continued, 1e-3 scratch).")
+                  ] = None,
+    batch_size: Annotated[int | None, Opt(help="Examples per step (text: 32 continued, 64 "
+                                                "scratch; images: 64 continued, 128 scratch)."
+                                           )] = None,
+    eval_every: Annotated[int | None, Opt(help="Held-out evaluation every N steps "
+                                               "(default: about 10 a run).")] = None,
+    patience: Annotated[int | None, Opt(help="Evaluations without improvement before "
+                                             "stopping.")] = 3,
+    valid_fraction: Annotated[float, Opt(help="Share of the corpus held out (at most "
+                                              "--valid-max examples).")] = 0.05,
+    valid_max: Annotated[int, Opt(help="Held-out examples at most (evaluation cost).")
+                         ] = 2000,
+    checkpoint_every: Annotated[int | None, Opt(help="Checkpoint every N steps (resume with "
+                                                     "--resume).")] = None,
+    seed: Annotated[int, Opt(help="Seed for the held-out split, masking and init.")] = 0,
+    precision: Annotated[str, Opt(help="auto, bf16, fp16 or fp32.")] = "auto",
+    device: Annotated[str, Opt(help="auto, cpu, cuda, cuda:N.")] = "auto",
+    trust_remote_code: Annotated[bool, Opt("--trust-remote-code",
+                                           help="Run code shipped with --from.")] = False,
+    resume: Annotated[bool, Opt("--resume", help="Continue an interrupted run from its last "
+                                                 "checkpoint.")] = False,
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace --out once the new backbone "
+                                                       "is whole.")] = False,
+) -> None:
+    """Self-supervised pretraining: masked-LM for text, SimCLR for images -> a backbone."""
+    from ..workflows import pretrain as run
+
+    options = {k: v for k, v in locals().items() if k not in ("corpus", "out_dir", "cased",
+                                                               "run")}
+    summary = _with_progress(lambda progress: run(
+        corpus, out=out_dir, lowercase=not cased, progress=progress, **options))
+    score = ("perplexity", "valid_perplexity") if "valid_perplexity_best" in summary \
+        else ("loss", "valid_loss")
+    start, best = summary.get(f"{score[1]}_start"), summary.get(f"{score[1]}_best")
+    if start is not None and best is not None:
+        out.print(f"held-out {score[0]}: {start:.4g} -> {best:.4g}")
+    rate = summary.get("tokens_per_second") or summary.get("images_per_second")
+    unit = "tokens/s" if summary.get("tokens_per_second") else "images/s"
+    out.print(f"{summary['steps']} steps in {summary['train_seconds']:.0f} s"
+              + (f", {rate:.0f} {unit}" if rate else ""))
+    out.print(f"backbone: {Path(out_dir).resolve()}  (use: --backbone {out_dir})")
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[str, Opt("--out", help="Run folder to write.")] = "runs/demo",
+) -> None:
+    """Fit the bundled MiniLM on the embedded SMS-spam data against a TF-IDF baseline."""
+    from ..workflows import run_demo
+
+    result = _with_progress(lambda progress: run_demo(out_dir, progress))
+    _print_result(result)
+
+
+@app.command()
+def examples(
+    out_dir: Annotated[str, Opt("--out", help="Folder to write them into.")] = "examples",
+    overwrite: Annotated[bool, Opt("--overwrite", help="Replace an earlier examples folder.")
+                         ] = False,
+) -> None:
+    """Write the small example files of the README: spam.csv (labelled), spam_test.csv,
+    new.csv (unlabelled texts)."""
+    from ..workflows import write_examples
+
+    folder = write_examples(out_dir, overwrite)
+    for path in sorted(folder.glob("*.csv")):
+        rows = sum(1 for _ in path.open(encoding="utf-8")) - 1
+        out.print(f"{path}: {rows} rows")
+    out.print(f"try: transferkit fit {folder / 'spam.csv'} --out runs/spam")

@@ -66,3 +66,19 @@ def print_table(entries: list[dict[str, Any]]) -> None:
         table.add_row(e["name"], f"{e['ours']:.4g}", f"{e['peer']:.4g}", e["unit"],
                       f"{e['ratio']:.2f}x", str(e["runs"]))
     Console().print(table)
+
+
+def fit_sms_probe(directory: Path, n_train: int) -> Path:
+    """The serving benchmarks' model: MiniLM + probe on n_train SMS messages (seeded)."""
+    import pandas as pd
+
+    from transferkit import Classifier, load_data
+
+    frame = pd.read_csv(DATA / "sms_spam.train.csv", keep_default_na=False)
+    frame = frame.sample(n=min(n_train, len(frame)), random_state=0)
+    train = directory / "train.csv"
+    frame.to_csv(train, index=False)
+    data = load_data(train, test=DATA / "sms_spam.test.csv")
+    run = directory / "sms-minilm"
+    Classifier("minilm", strategy="probe").fit(data).save(run)
+    return run

@@ -153,18 +153,9 @@ def _measure(run: Path, flags: list[str], texts_file: Path, args: argparse.Names
 
 
 def _fit(directory: Path, n_train: int) -> Path:
-    import pandas as pd
-    from common import DATA
+    from common import DATA, fit_sms_probe
 
-    from transferkit import Classifier, load_data
-
-    frame = pd.read_csv(DATA / "sms_spam.train.csv", keep_default_na=False)
-    frame = frame.sample(n=min(n_train, len(frame)), random_state=0)
-    train = directory / "train.csv"
-    frame.to_csv(train, index=False)
-    data = load_data(train, test=DATA / "sms_spam.test.csv")
-    run = directory / "sms-minilm"
-    Classifier("minilm", strategy="probe").fit(data).save(run)
+    run = fit_sms_probe(directory, n_train)
     subprocess.run([sys.executable, "-m", "transferkit", "export", str(run), "--onnx",
                     "--int8", "--eval-data", str(DATA / "sms_spam.test.csv")], check=True,
                    capture_output=True)

@@ -338,19 +338,9 @@ def _sigterm_round(run: Path, heavy: Path, args: argparse.Namespace, tmp: Path, 
 
 
 def _fit(directory: Path, n_train: int) -> Path:
-    import pandas as pd
-    from common import DATA
+    from common import fit_sms_probe
 
-    from transferkit import Classifier, load_data
-
-    frame = pd.read_csv(DATA / "sms_spam.train.csv", keep_default_na=False)
-    frame = frame.sample(n=min(n_train, len(frame)), random_state=0)
-    train = directory / "train.csv"
-    frame.to_csv(train, index=False)
-    data = load_data(train, test=DATA / "sms_spam.test.csv")
-    run = directory / "sms-minilm"
-    Classifier("minilm", strategy="probe").fit(data).save(run)
-    return run
+    return fit_sms_probe(directory, n_train)
 
 
 def main() -> None:

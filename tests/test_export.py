@@ -164,9 +164,13 @@ def test_int8_needs_labelled_data(tiny_run, tmp_path):
     run = tmp_path / "copy"
     shutil.copytree(tiny_run, run)
     shutil.rmtree(run / "onnx")
-    with pytest.raises(ConfigError, match="--eval-data"):
+    with pytest.raises(ConfigError, match="run.yaml is missing.*--eval-data"):
         export_onnx(run, int8=True)
     assert not (run / "onnx").exists()
+    # without labelled data the parity check runs on edge cases only, and says why
+    info = export_onnx(run)
+    assert info["fp32"]["parity_source"].startswith("3 edge cases only: ")
+    assert "run.yaml is missing" in info["fp32"]["parity_source"]
 
 
 def test_damaged_or_missing_export_is_a_clear_error(tiny_run, tmp_path):

@@ -12,6 +12,7 @@ from .app import (
     Opt,
     _metrics_table,
     app,
+    console,
     out,
 )
 
@@ -111,6 +112,9 @@ def export(
     out.print(f"{run / 'onnx' / fp32['file']}: {fp32['bytes'] / 1e6:.1f} MB, exported in "
               f"{info['export_seconds']:.1f} s; max |Δ probability| vs PyTorch fp32 "
               f"{fp32['parity_max_abs_diff']:.1e} on {fp32['parity_examples']} inputs")
+    if "edge cases only" in fp32["parity_source"]:  # said, not hidden in export.json
+        console.print(f"[yellow]parity checked on {fp32['parity_source']}; pass --eval-data "
+                      "FILE to check it on real inputs.[/]", highlight=False, soft_wrap=True)
     if info["int8"]:
         q = info["int8"]
         out.print(f"{run / 'onnx' / q['file']}: {q['bytes'] / 1e6:.1f} MB; accuracy "

@@ -135,7 +135,8 @@ def _run_test_split(
     text_column: str | None, label_column: str | None,
 ) -> tuple[Examples | None, str]:
     """Labelled examples to measure on: ``eval_data``, else the run's own test split rebuilt
-    from ``run.yaml`` with its seed (the same rows the run was scored on)."""
+    from ``run.yaml`` with its seed (the same rows the run was scored on). Without them, the
+    second value says why, and the export reports it (parity on edge cases only)."""
     from ..classifier import evaluation_examples
 
     delimiter = config.label_delimiter if config.multilabel else None
@@ -144,7 +145,7 @@ def _run_test_split(
                                    label_column=label_column, delimiter=delimiter), str(eval_data)
     run_yaml = run_dir / "run.yaml"
     if not run_yaml.is_file():
-        return None, ""
+        return None, f"{run_yaml} is missing, so the run's test split cannot be rebuilt"
     from ..config import build_config, load_yaml
     from ..data import load_data
     from ..data.validate import drop_unseen_labels
@@ -155,8 +156,8 @@ def _run_test_split(
                          label_column=fit.label_column, per_class=fit.per_class, seed=fit.seed,
                          test_size=fit.test_size, max_bad_fraction=fit.max_bad_fraction,
                          label_delimiter=fit.label_delimiter)
-    except TransferkitError:
-        return None, ""
+    except TransferkitError as e:
+        return None, f"the run's test split could not be rebuilt from {run_yaml} ({e})"
     from ..data import DataReport
 
     test = drop_unseen_labels(data.test, config.labels, DataReport())
@@ -213,8 +214,8 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, overwrite: bool = Fa
     examples, source = _run_test_split(run_dir, config, eval_data, text_column, label_column)
     if int8 and (examples is None or len(examples) == 0):
         raise ConfigError(
-            f"--int8 measures the accuracy change on labelled data, and {run_dir} has no "
-            "rebuildable test split (run.yaml missing or its data not found). Pass "
+            "--int8 measures the accuracy change on labelled data, but there is none here: "
+            f"{source if examples is None else 'the evaluation data has no usable rows'}. Pass "
             "--eval-data FILE with labelled examples.")
     text = config.modality == "text"
     if int8 and not text and not any(isinstance(m, nn.Linear)
@@ -264,8 +265,8 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, overwrite: bool = Fa
         info["fp32"] = {"file": FP32_FILE, "bytes": onnx_path.stat().st_size,
                         "parity_max_abs_diff": diff, "parity_examples": len(parity_inputs),
                         "parity_source": (f"{len(parity_inputs) - len(edge)} examples of the "
-                                          f"{source} + {len(edge)} edge cases") if source
-                        else f"{len(edge)} edge cases (no labelled data found)",
+                                          f"{source} + {len(edge)} edge cases")
+                        if examples is not None else f"{len(edge)} edge cases only: {source}",
                         "parity_tolerance": PARITY_TOLERANCE}
         if not diff <= PARITY_TOLERANCE:
             raise ArtifactError(

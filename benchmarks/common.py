@@ -41,14 +41,19 @@ def entry(name: str, ours: float, peer: float, unit: str, runs: int, higher_is_b
             "runs": runs, "versions": versions, **extra}
 
 
-def write_results(bench: str, entries: list[dict[str, Any]]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{bench}.json"
+def write_results(bench: str, entries: list[dict[str, Any]], **details: Any) -> Path:
+    """benchmarks/results/<bench>.json, one schema for every script: which code and machine
+    made it, ``entries`` (comparisons against a peer: name, ours, peer, unit, ratio, runs,
+    versions; empty for a tuning or ablation run) and the script's own ``details``."""
+    import torch
+
     from transferkit import __version__, git_commit
 
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{bench}.json"
     payload = {"benchmark": bench, "transferkit": __version__, "commit": git_commit(),
-               "python": platform.python_version(), "machine": platform.machine(),
-               "entries": entries}
+               "torch": torch.__version__, "python": platform.python_version(),
+               "machine": platform.machine(), "entries": entries, **details}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)

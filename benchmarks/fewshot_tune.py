@@ -26,7 +26,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def main() -> None:
     import pandas as pd
-    from common import DATA, RESULTS
+    from common import DATA, write_results
     from sklearn.model_selection import train_test_split
 
     from transferkit import Classifier, load_data
@@ -72,9 +72,8 @@ def main() -> None:
             summary.append({"dataset": ds, "options": options,
                             "valid_accuracy_mean": statistics.mean(accs), "runs": accs})
             print(f"{ds:16s} {json.dumps(options):40s} {statistics.mean(accs):.4f} {accs}")
-    path = RESULTS / f"{args.name}.json"
-    path.write_text(json.dumps({"per_class": args.per_class, "valid_size": args.valid_size,
-                                "summary": summary, "runs": rows}, indent=2) + "\n")
+    path = write_results(args.name, [], per_class=args.per_class, valid_size=args.valid_size,
+                         summary=summary, runs=rows)
     print(f"results: {path}")
 
 

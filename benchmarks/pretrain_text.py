@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import DATA, RESULTS
+from common import DATA, write_results
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -110,10 +110,8 @@ def main() -> None:
     start = time.perf_counter()
     result = (chinese if args.experiment == "chinese" else english)(work, args)
     result["wall_seconds"] = time.perf_counter() - start
-    RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = f"_ft{args.epochs}" if args.experiment == "chinese" else ""
-    path = RESULTS / f"pretrain_{args.experiment}{suffix}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = write_results(f"pretrain_{args.experiment}{suffix}", [], **result)
     print(json.dumps(result, indent=2))
     print(f"results: {path}")
 

@@ -707,3 +707,19 @@ def test_garbage_parquet_is_a_data_error_naming_the_file(tmp_path):
     path.write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match="broken.parquet"):
         read_source(path)
+
+
+def test_load_examples_is_the_one_validated_reader(tmp_path):
+    """evaluate, predict --support, meta-learning read through load_examples: the same
+    validation as load_data (bad rows dropped and counted, labels canonical, other classes
+    dropped and counted)."""
+    from transferkit.data import DataReport, load_examples
+
+    path = tmp_path / "eval.csv"
+    path.write_text("text,label\nok one,b|a\n ,a\nok two,zebra\nok three,NA\nok four,a\n")
+    report = DataReport()
+    ex = load_examples(path, label_delimiter="|", classes=["a", "b"], report=report)
+    assert ex.inputs == ["ok one", "ok four"] and ex.labels == ["a|b", "a"]
+    assert report.counts() == {"empty_text": 1, "missing_label": 1, "unseen_label": 1}
+    assert [i.origin for i in report.issues] == ["eval.csv line 3", "eval.csv line 5",
+                                                 "eval.csv line 4"]

@@ -19,7 +19,7 @@ from ._outputs import staged_output
 from .adapt import FitContext, TransferModel, get_strategy, label_indices
 from .artifact.store import load_model, save_model
 from .backbones import Backbone, load_backbone
-from .data import Dataset, Examples, issue_summary, load_data, pick_split, read_source
+from .data import DataReport, Dataset, Examples, issue_summary, load_data, load_examples
 from .errors import ArtifactError, ConfigError
 from .metrics import compute_metrics, compute_multilabel_metrics
 from .train.cache import FeatureCache
@@ -178,16 +178,13 @@ class Classifier:
         import copy
 
         from .adapt.protonet import prototype_head, softmax_scale
-        from .data.validate import clean_rows
 
         model = self._require_model()
         if model.multilabel:
             raise ConfigError("--support needs a single-label model; this one is multi-label.")
         if not isinstance(support, Examples):
-            from .data import DataReport
-
-            support = clean_rows(pick_split(support, read_source(
-                support, text_column, label_column), "train"), DataReport(), True)
+            support = load_examples(support, split="train", text_column=text_column,
+                                    label_column=label_column)
         if not len(support) or support.labels is None:
             raise ConfigError("The support set holds no labelled examples: give a CSV with "
                               "text and label columns, or a folder of <class>/ images.")
@@ -229,17 +226,13 @@ def evaluation_examples(source: str | Path, classes: list[str], *,
                         delimiter: str | None = None, modality: str | None = None
                         ) -> Examples:
     """Labelled examples from a file for ``evaluate``: bad rows and unknown labels dropped."""
-    from .data import DataReport
-    from .data.validate import canonical_multilabels, clean_rows, drop_unseen_labels
-
-    examples = pick_split(source, read_source(source, text_column, label_column), "test")
+    report = DataReport()
+    examples = load_examples(source, split="test", text_column=text_column,
+                             label_column=label_column, label_delimiter=delimiter,
+                             classes=classes, report=report)
     if modality and examples.modality != modality:
         raise ConfigError(f"{source} holds {examples.modality} examples, but the model reads "
                           f"{modality}: evaluate it on {modality} data.")
-    if delimiter:
-        examples = canonical_multilabels(examples, delimiter)
-    report = DataReport()
-    examples = drop_unseen_labels(clean_rows(examples, report, True), classes, report)
     if len(examples) == 0:
         raise ArtifactError(f"{source}: no usable labelled rows ({issue_summary(report)}).")
     return examples

@@ -26,6 +26,7 @@ from torch import nn
 from ..data.examples import Dataset, Examples
 from ..errors import ConfigError
 from ..train.batches import BackboneBatches
+from ..train.cache import extract_features
 from ..train.config import TRAIN_OPTIONS, RunSettings, TrainConfig
 from ..train.optim import ParamGroup
 from ..train.prefix import static_prefix
@@ -87,18 +88,13 @@ def label_groups(examples: Examples, group_of: dict[str, int] | None = None
 
 @torch.no_grad()
 def embed(backbone: nn.Module, inputs: list[Any], batch_size: int = 64) -> torch.Tensor:
-    """Pooled embeddings of ``inputs`` with the backbone as it is *now* (no feature cache:
-    the weights change during tuning), longest first to keep padding small."""
+    """Pooled embeddings of ``inputs`` with the backbone as it is *now*, through the one
+    extraction routine but without the feature cache (the weights change during tuning); in
+    fp32 unless the caller's autocast (the training loop's evaluation) says otherwise."""
     device = next(backbone.parameters()).device
-    prepared = backbone.prepare(inputs)
-    order = np.argsort([-backbone.cost(p) for p in prepared], kind="stable")
-    out = torch.empty(len(inputs), backbone.feature_dim)
-    for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
-        batch = backbone.collate([prepared[i] for i in idx])
-        out[torch.from_numpy(idx)] = backbone(**{k: v.to(device) for k, v in batch.items()}
-                                              ).float().cpu()
-    return out
+    features, _ = extract_features(backbone, inputs, batch_size=batch_size, precision="fp32",
+                                   device=device)
+    return torch.from_numpy(features)
 
 
 def centroid_accuracy(train_emb: torch.Tensor, train_groups: np.ndarray,

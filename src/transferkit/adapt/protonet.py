@@ -318,11 +318,10 @@ def read_labelled(source: str, classes: list[str] | None = None, *,
                   split: str = "train") -> Examples:
     """Labelled single-label examples of ``source`` (its ``split`` when it has several), bad
     rows dropped, only ``classes`` kept when given: the input of meta-train and meta-eval."""
-    from ..data import DataReport, pick_split, read_source
-    from ..data.validate import clean_rows
+    from ..data import load_examples
 
-    examples = clean_rows(pick_split(source, read_source(source, text_column, label_column),
-                                     split), DataReport(), True)
+    examples = load_examples(source, split=split, text_column=text_column,
+                             label_column=label_column)
     if examples.labels is None or not len(examples):
         raise ConfigError(f"{source}: no labelled examples found.")
     if classes:

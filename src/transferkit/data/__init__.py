@@ -26,7 +26,7 @@ from .validate import (
 
 __all__ = [
     "IMAGE", "TEXT", "DataIssue", "DataReport", "Dataset", "Examples", "issue_summary",
-    "load_data", "pick_split", "read_source",
+    "load_data", "load_examples", "pick_split", "read_source",
 ]
 
 
@@ -87,6 +87,29 @@ def pick_split(source: str | Path, splits: dict[str, Examples], prefer: str) -> 
         f"{source} holds the splits {', '.join(splits)}; none is '{prefer}'. Pass the split "
         "you want explicitly."
     )
+
+
+def load_examples(
+    source: str | Path, *, split: str = "all", text_column: str | None = None,
+    label_column: str | None = None, require_labels: bool = True,
+    label_delimiter: str | None = None, classes: list[str] | None = None,
+    max_text_chars: int = MAX_TEXT_CHARS, report: DataReport | None = None,
+) -> Examples:
+    """One source's examples, read and validated the way ``load_data`` does it: the ``split``
+    it holds (or all of it), multi-label cells made canonical, bad rows (empty or over-long
+    texts, unreadable images, missing labels when ``require_labels``) dropped and counted in
+    ``report``, and with ``classes`` given, rows of other labels dropped and counted too.
+    Every reader of labelled or unlabelled data outside training goes through here
+    (evaluate, predict, support sets, meta-learning, pretraining corpora)."""
+    report = report if report is not None else DataReport()
+    examples = pick_split(source, read_source(source, text_column, label_column,
+                                              require_labels=require_labels), split)
+    if label_delimiter:
+        examples = canonical_multilabels(examples, label_delimiter)
+    examples = clean_rows(examples, report, require_labels, max_text_chars)
+    if classes is not None:
+        examples = drop_unseen_labels(examples, classes, report)
+    return examples
 
 
 def load_data(

@@ -74,3 +74,25 @@ def test_labels_to_reach_interpolates_on_a_log_axis():
     assert labels_to_reach([8, 32, 128], [0.5, 0.7, 0.9], 0.8) == pytest.approx(64)
     assert labels_to_reach([8, 32], [0.5, 0.6], 0.9) is None
     assert labels_to_reach([8, 32], [0.95, 0.97], 0.9) == 8
+
+
+def test_a_study_runs_every_registered_strategy(tmp_path, tiny_bert_dir):
+    """The study asks each strategy what it is (frozen or not, whether --epochs is its
+    budget) instead of matching names: every registered one runs, contrastive and protonet
+    included, and only the epoch-budgeted ones get the study's epochs."""
+    from transferkit.adapt import STRATEGIES
+
+    rows = "".join(f"\"{('cheap offer win', 'see you at lunch', 'the film was long')[i % 3]}"
+                   f" {i}\",{'abc'[i % 3]}\n" for i in range(90))
+    (tmp_path / "t.csv").write_text("text,label\n" + rows)
+    summary = study(tmp_path / "t.csv", backbone=str(tiny_bert_dir), budgets="10",
+                    strategies=[*sorted(STRATEGIES), "classic"], seeds=1, epochs=1,
+                    out=tmp_path / "study", strategy_options={"protonet": {"episodes": 8}})
+    assert set(summary["curves"]) == {*STRATEGIES, "classic"}
+    cells = {c["strategy"]: c for c in summary["cells"]}
+    assert cells["probe"]["accuracy"] == 1.0  # the three texts differ in their first words
+    for name, kind in STRATEGIES.items():
+        record = json.loads((tmp_path / "study" / "cells" / f"{name}__10__seed0.json"
+                             ).read_text())
+        assert record["strategy"] == name and kind.takes_epochs == (name in {
+            "full", "partial", "gradual", "bitfit", "lora", "scratch"})

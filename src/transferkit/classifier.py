@@ -61,7 +61,8 @@ class Classifier:
         self.timings: dict[str, float] = {}
 
     # -- training -------------------------------------------------------------------------
-    def _backbone(self) -> Backbone:
+    def resolve_backbone(self) -> Backbone:
+        """The backbone this Classifier was given, loaded (a name) or as it is (an object)."""
         if isinstance(self.backbone_spec, Backbone):
             return self.backbone_spec
         return load_backbone(self.backbone_spec, **self.backbone_options)
@@ -71,7 +72,7 @@ class Classifier:
             data = load_data(data, seed=self.context.seed, **load_options)
         seed_everything(self.context.seed)
         start = time.perf_counter()
-        backbone = self._backbone()
+        backbone = self.resolve_backbone()
         if backbone.modality != data.modality:
             raise ConfigError(
                 f"Backbone '{backbone.source}' is a {backbone.modality} model but the data is "
@@ -194,7 +195,7 @@ class Classifier:
         classes = sorted(set(support.labels))
         labels = label_indices(support, classes)
         feats = self.context.features(model, support, "features: support")
-        if keep_classes and self.strategy.name != "protonet":
+        if keep_classes and not self.strategy.keeps_prototypes:
             raise ConfigError("keep_classes needs a protonet artifact (its head is made of "
                               "prototypes); other heads cannot be mixed with prototypes.")
         scale = float(self.fit_info.get("scale") or softmax_scale(feats))

@@ -77,6 +77,11 @@ class Strategy:
     name: ClassVar[str] = ""
     #: the whole backbone stays frozen, so its features can be cached and reused
     frozen_backbone: ClassVar[bool] = False
+    #: its training budget is ``epochs`` (the study's --epochs reaches it); strategies with a
+    #: budget of their own (contrastive passes, protonet episodes) keep their tuned defaults
+    takes_epochs: ClassVar[bool] = False
+    #: its head is made of class prototypes, so new classes can join it (predict --support)
+    keeps_prototypes: ClassVar[bool] = False
 
     def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
         """Train ``model`` in place; return facts worth reporting (chosen C, epochs, ...)."""

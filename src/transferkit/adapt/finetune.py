@@ -32,6 +32,8 @@ class FineTuneStrategy(Strategy):
     (``probe`` or ``random``) and ``valid_fraction`` (held out of train for early stopping
     when the data has no validation split)."""
 
+    takes_epochs = True
+
     default_lr = 5e-5
 
     def __init__(self, lr_decay: float | None = None, init_head: str = "probe",

@@ -219,6 +219,8 @@ class Protonet(Strategy):
     ``predict --support`` all take the S steps on their support examples.
     """
 
+    keeps_prototypes = True
+
     name = "protonet"
 
     def __init__(self, n_way: int | None = None, k_shot: int = 5, n_query: int = 5,

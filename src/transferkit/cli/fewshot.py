@@ -122,7 +122,7 @@ def meta_eval(
         clf = Classifier.load(model, batch_size=batch_size)
     else:
         clf = Classifier(model, batch_size=batch_size)
-        clf.model = TransferModel(clf._backbone(), [])
+        clf.model = TransferModel(clf.resolve_backbone(), [])
     examples = read_labelled(data, _class_list(classes), text_column=text_column,
                              label_column=label_column, split=split)
     found = sorted(set(examples.labels or []))

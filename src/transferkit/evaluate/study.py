@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .._io import write_json
+from ..adapt import STRATEGIES
 from ..data.examples import DataReport, Dataset
 from ..data.split import per_class_budget
 from ..errors import ConfigError
@@ -43,7 +44,6 @@ class StudyPlan:
 
     def validate(self) -> None:
         """Refuse an unknown strategy before anything is read or written."""
-        from ..adapt import STRATEGIES
         from ..config import did_you_mean
 
         known = sorted([*STRATEGIES, *BASELINES])
@@ -108,8 +108,9 @@ def run_cell(strategy: str, data: Dataset, plan: StudyPlan, pristine: Any, seed:
                 "train_seconds": result["seconds"], "trainable_params": None,
                 "total_params": None, "train_flops": None, "model": result["name"],
                 "peak_rss_mb": _peak_rss_mb()}
-    trains_backbone = strategy != "probe"
-    options = {**({"epochs": plan.epochs} if trains_backbone else {}),
+    kind = STRATEGIES[strategy]  # what the strategy says of itself, not its name
+    trains_backbone = not kind.frozen_backbone
+    options = {**({"epochs": plan.epochs} if kind.takes_epochs else {}),
                **plan.strategy_options.get(strategy, {})}
     backbone = copy.deepcopy(pristine) if trains_backbone else pristine
     clf = Classifier(backbone, strategy, strategy_options=options, seed=seed,

@@ -39,6 +39,7 @@ MISTAKES = [
     (("pretrain", "corpus.txt", "--modalty", "image"), "--modality"),
     (("demo", "extra-argument"), "unexpected extra argument"),
     (("demo", "--outt", "x"), "--out"),
+    (("examples", "--out"), "--out"),
 ]
 
 

@@ -42,7 +42,7 @@ except ImportError:  # Windows
     fcntl = termios = None  # type: ignore[assignment]
 
 from ..errors import ConfigError
-from .serve_limits import send_error
+from .serve_limits import TrackedSend, send_error
 
 log = logging.getLogger("transferkit.serve")
 
@@ -258,17 +258,11 @@ class ShutdownGuard:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        started = False
-
-        async def tracking_send(msg: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, receive, tracking_send)
+            await self.app(scope, receive, tracked)
         except asyncio.CancelledError:
-            if started:
+            if tracked.started:
                 raise
             task = asyncio.current_task()
             if task is not None:

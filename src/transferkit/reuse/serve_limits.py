@@ -222,7 +222,6 @@ class BodyLimit:
                 if too_big:
                     return await send_error(send, 413, message)
         seen = 0
-        started = False
 
         async def limited_receive() -> dict[str, Any]:
             nonlocal seen
@@ -233,20 +232,29 @@ class BodyLimit:
                     raise _BodyTooLarge
             return msg
 
-        async def tracking_send(msg: dict[str, Any]) -> None:
-            nonlocal started
-            started = started or msg["type"] == "http.response.start"
-            await send(msg)
-
+        tracked = TrackedSend(send)
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, tracked)
         except _BodyTooLarge:
-            if not started:
+            if not tracked.started:
                 await send_error(send, 413, message)
 
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class TrackedSend:
+    """An ASGI ``send`` that remembers whether the response has begun: middleware that
+    answers an error itself may do so only before that."""
+
+    def __init__(self, send: Any) -> None:
+        self.send = send
+        self.started = False
+
+    async def __call__(self, msg: dict[str, Any]) -> None:
+        self.started = self.started or msg["type"] == "http.response.start"
+        await self.send(msg)
 
 
 async def send_error(send: Any, status: int, message: str,

@@ -52,14 +52,9 @@ def _inside(path: Path, folder: Path) -> bool:
 
 
 def _input_paths(inputs: Iterable[Any]) -> list[Path]:
-    """The command's inputs that are local paths (``hf:NAME`` and the like are not)."""
-    paths = []
-    for item in inputs:
-        if item is None or (isinstance(item, str) and (":" in item.split("/")[0]
-                                                       and not Path(item).exists())):
-            continue
-        paths.append(_resolved(item))
-    return paths
+    """The command's inputs that are files or folders here (not ``hf:NAME``, an alias, or a
+    path that does not exist: nothing of the user's can be lost there)."""
+    return [_resolved(item) for item in inputs if item is not None and Path(item).exists()]
 
 
 def check_out_folder(target: PathLike, overwrite: bool, inputs: Iterable[Any] = (),

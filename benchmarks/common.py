@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -12,6 +13,17 @@ from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SMS_TEST = DATA / "sms_spam.test.csv"
+
+
+def arguments(doc: str | None, **defaults: Any) -> argparse.ArgumentParser:
+    """A benchmark's argument parser with one ``--name`` option per keyword, typed by its
+    default (``batch_size=32`` is ``--batch-size BATCH_SIZE``, an int); the script adds
+    the options that need more (choices, help, flags) itself."""
+    ap = argparse.ArgumentParser(description=doc)
+    for name, default in defaults.items():
+        ap.add_argument("--" + name.replace("_", "-"), type=type(default), default=default)
+    return ap
 
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -73,8 +85,16 @@ def print_table(entries: list[dict[str, Any]]) -> None:
     Console().print(table)
 
 
-def fit_sms_probe(directory: Path, n_train: int) -> Path:
-    """The serving benchmarks' model: MiniLM + probe on n_train SMS messages (seeded)."""
+def served_model(directory: Path, run: str | None, n_train: int, *, onnx: bool) -> Path:
+    """The serving benchmarks' model: ``run`` when given, else MiniLM + probe fitted on
+    n_train SMS messages (seeded) under ``directory``, with ``onnx`` also exported to ONNX
+    (fp32 and int8)."""
+    print(f"fitting {'and exporting ' if onnx else ''}the served model ...", flush=True)
+    if run:
+        return Path(run)
+    import subprocess
+    import sys
+
     import pandas as pd
 
     from transferkit import Classifier, load_data
@@ -83,7 +103,18 @@ def fit_sms_probe(directory: Path, n_train: int) -> Path:
     frame = frame.sample(n=min(n_train, len(frame)), random_state=0)
     train = directory / "train.csv"
     frame.to_csv(train, index=False)
-    data = load_data(train, test=DATA / "sms_spam.test.csv")
-    run = directory / "sms-minilm"
-    Classifier("minilm", strategy="probe").fit(data).save(run)
-    return run
+    data = load_data(train, test=SMS_TEST)
+    out = directory / "sms-minilm"
+    Classifier("minilm", strategy="probe").fit(data).save(out)
+    if onnx:
+        subprocess.run([sys.executable, "-m", "transferkit", "export", str(out), "--onnx",
+                        "--int8", "--eval-data", str(SMS_TEST)], check=True,
+                       capture_output=True)
+    return out
+
+
+def sms_texts() -> list[str]:
+    """What the serving benchmarks send: the sms_spam test texts."""
+    import pandas as pd
+
+    return pd.read_csv(SMS_TEST, keep_default_na=False)["text"].tolist()

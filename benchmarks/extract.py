@@ -10,7 +10,6 @@ both precisions, and the speed-up of a cached second run.
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 def main() -> None:
     import sentence_transformers
     import transformers
-    from common import DATA, alternate, entry, median, print_table, timed, write_results
+    from common import DATA, alternate, arguments, entry, median, print_table, timed, write_results
     from sentence_transformers import SentenceTransformer
 
     import transferkit
@@ -34,12 +33,7 @@ def main() -> None:
     from transferkit.train.cache import FeatureCache, extract_features
     from transferkit.train.device import resolve_precision
 
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--texts", type=int, default=2000)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=32)
-    args = ap.parse_args()
-
+    args = arguments(__doc__, texts=2000, runs=3, batch_size=32).parse_args()
     train_csv, test_csv = DATA / "rotten_tomatoes.train.csv", DATA / "rotten_tomatoes.test.csv"
     texts = pd.read_csv(train_csv, keep_default_na=False)["text"].tolist()[: args.texts]
     cpu = torch.device("cpu")

@@ -132,13 +132,9 @@ PREFIX = ["transferkit partial", "transferkit partial, no prefix cache"]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--train", type=int, default=2000)
-    ap.add_argument("--epochs", type=int, default=1)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--lr", type=float, default=5e-5)
-    ap.add_argument("--seed", type=int, default=0)
+    from common import arguments
+
+    ap = arguments(__doc__, train=2000, epochs=1, runs=3, batch_size=32, lr=5e-5, seed=0)
     ap.add_argument("--worker", choices=sorted(CONTENDERS))
     ap.add_argument("--tmp", default="/tmp/tk-bench-finetune")
     ap.add_argument("--prefix", action="store_true",

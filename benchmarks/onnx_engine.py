@@ -12,7 +12,6 @@ the full test split (recorded by the export itself).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -46,7 +45,7 @@ def cold_start(run: Path, engine: str, int8: bool) -> tuple[float, float, bool]:
 def main() -> None:
     import onnxruntime
     import torch
-    from common import DATA, alternate, entry, median, print_table, write_results
+    from common import DATA, alternate, arguments, entry, median, print_table, write_results
 
     import transferkit
     from transferkit import Classifier, load_data
@@ -54,13 +53,7 @@ def main() -> None:
     from transferkit.reuse.onnx_export import export_onnx
     from transferkit.train.device import resolve_precision
 
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--texts", type=int, default=2000)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--per-class", type=int, default=1000)
-    args = ap.parse_args()
-
+    args = arguments(__doc__, texts=2000, runs=3, batch_size=32, per_class=1000).parse_args()
     train_csv, test_csv = DATA / "rotten_tomatoes.train.csv", DATA / "rotten_tomatoes.test.csv"
     texts = pd.read_csv(test_csv, keep_default_na=False)["text"].tolist()[: args.texts]
     versions = {"transferkit": transferkit.__version__, "torch": torch.__version__,

@@ -16,7 +16,6 @@ prototype head on each support, in meta-training and in the episodes scored).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -32,7 +31,7 @@ NOVEL = ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 def main() -> None:
     import torch
-    from common import DATA, entry, print_table, write_results
+    from common import DATA, arguments, entry, print_table, write_results
 
     import transferkit
     from transferkit import Classifier
@@ -40,12 +39,7 @@ def main() -> None:
     from transferkit.adapt.protonet import meta_evaluate, meta_train_data, read_labelled
     from transferkit.backbones import load_backbone
 
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--per-class", type=int, default=200)
-    ap.add_argument("--episodes", type=int, default=100)
-    ap.add_argument("--image-size", type=int, default=64)
-    ap.add_argument("--k-shot", type=int, default=5)
+    ap = arguments(__doc__, seeds=3, per_class=200, episodes=100, image_size=64, k_shot=5)
     ap.add_argument("--inner-steps", type=int, default=0,
                     help="also meta-train and score fo-Proto-MAML with this many inner steps")
     ap.add_argument("--name", default="protonet_images")

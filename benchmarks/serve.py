@@ -152,16 +152,6 @@ def _measure(run: Path, flags: list[str], texts_file: Path, args: argparse.Names
     return result
 
 
-def _fit(directory: Path, n_train: int) -> Path:
-    from common import DATA, fit_sms_probe
-
-    run = fit_sms_probe(directory, n_train)
-    subprocess.run([sys.executable, "-m", "transferkit", "export", str(run), "--onnx",
-                    "--int8", "--eval-data", str(DATA / "sms_spam.test.csv")], check=True,
-                   capture_output=True)
-    return run
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     sub = ap.add_subparsers(dest="command")
@@ -184,21 +174,18 @@ def main() -> None:
 
     import numpy as np
     import onnxruntime
-    import pandas as pd
     import torch
     import uvicorn
-    from common import DATA, entry, median, print_table, write_results
+    from common import entry, median, print_table, served_model, sms_texts, write_results
 
     import transferkit
 
     names = [n.strip() for n in args.contenders.split(";")]
     with tempfile.TemporaryDirectory(prefix="tk-bench-serve-") as tmp:
         tmp_path = Path(tmp)
-        print("fitting and exporting the served model ...", flush=True)
-        run = Path(args.run) if args.run else _fit(tmp_path, args.train_texts)
-        texts = pd.read_csv(DATA / "sms_spam.test.csv", keep_default_na=False)["text"].tolist()
+        run = served_model(tmp_path, args.run, args.train_texts, onnx=True)
         texts_file = tmp_path / "texts.json"
-        texts_file.write_text(json.dumps(texts))
+        texts_file.write_text(json.dumps(sms_texts()))
         results: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
         for r in range(args.rounds):
             for name in names:

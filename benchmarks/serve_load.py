@@ -337,12 +337,6 @@ def _sigterm_round(run: Path, heavy: Path, args: argparse.Namespace, tmp: Path, 
     return res
 
 
-def _fit(directory: Path, n_train: int) -> Path:
-    from common import fit_sms_probe
-
-    return fit_sms_probe(directory, n_train)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -383,19 +377,17 @@ def main() -> None:
         return server_main(args)
 
     import h11
-    import pandas as pd
     import torch
     import uvicorn
-    from common import DATA, entry, median, print_table, write_results
+    from common import entry, median, print_table, served_model, sms_texts, write_results
 
     import transferkit
 
     _raise_open_files_limit(args.half_open + 256)
     with tempfile.TemporaryDirectory(prefix="tk-bench-serve-load-") as tmp:
         tmp_path = Path(tmp)
-        print("fitting the served model ...", flush=True)
-        run = Path(args.run) if args.run else _fit(tmp_path, args.train_texts)
-        texts = pd.read_csv(DATA / "sms_spam.test.csv", keep_default_na=False)["text"].tolist()
+        run = served_model(tmp_path, args.run, args.train_texts, onnx=False)
+        texts = sms_texts()
         light = tmp_path / "light.json"
         light.write_text(json.dumps([{"texts": [t]} for t in texts]))
         long_texts = [" ".join(texts[i:i + 8])[:1000] for i in range(0, 16 * 8 * 8, 8)]

@@ -723,3 +723,68 @@ def test_load_examples_is_the_one_validated_reader(tmp_path):
     assert report.counts() == {"empty_text": 1, "missing_label": 1, "unseen_label": 1}
     assert [i.origin for i in report.issues] == ["eval.csv line 3", "eval.csv line 5",
                                                  "eval.csv line 4"]
+
+
+class _FixedEngine:
+    """What ``predict_file`` needs of an engine, recording which inputs it was asked about."""
+
+    modality = TEXT
+    classes = ["a", "b"]
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def predict_proba(self, inputs: list[str]) -> np.ndarray:
+        self.seen += inputs
+        return np.tile([0.25, 0.75], (len(inputs), 1))
+
+    def labels_from_proba(self, proba: np.ndarray) -> list[str]:
+        return [self.classes[i] for i in proba.argmax(axis=1)]
+
+
+def test_predict_reports_over_long_and_empty_rows_in_place(tmp_path):
+    """predict validates rows as load_examples does (max_text_chars included), never runs the
+    model on a bad row, and keeps every row's place, its id and the reason."""
+    from transferkit.data import load_examples
+    from transferkit.reuse.predict import predict_file
+
+    path = tmp_path / "new.csv"
+    pd.DataFrame({"id": [7, 8, 9, 10], "text": ["fine", "x" * 100_001, "", "also fine"]}
+                 ).to_csv(path, index=False)
+    engine = _FixedEngine()
+    out, n_ok, n_bad = predict_file(engine, path, tmp_path / "pred.csv")
+    assert (n_ok, n_bad) == (2, 2) and engine.seen == ["fine", "also fine"]
+    pred = pd.read_csv(out, keep_default_na=False)
+    assert list(pred.columns[:2]) == ["row", "id"] and list(pred["id"]) == [7, 8, 9, 10]
+    assert list(pred["label"]) == ["b", "", "", "b"]
+    assert pred["error"][1] == ("text longer than max_text_chars (split it, or raise "
+                                "max_text_chars) (100,001 characters, max_text_chars is 100,000)")
+    assert pred["error"][2] == "empty or missing text"
+    assert pred["error"][0] == pred["error"][3] == ""
+
+    # a lower limit: the rows predicted are exactly the rows load_examples keeps
+    engine = _FixedEngine()
+    predict_file(engine, path, tmp_path / "pred5.csv", max_text_chars=5)
+    kept = load_examples(path, split="test", require_labels=False, max_text_chars=5)
+    assert engine.seen == kept.inputs == ["fine"]
+    pred = pd.read_csv(tmp_path / "pred5.csv", keep_default_na=False)
+    assert pred["error"][3].startswith("text longer than max_text_chars")
+    assert list(pred.loc[pred["error"] == "", "row"]) == kept.origins
+
+
+def test_read_examples_keeps_every_row_and_validate_examples_drops_them(tmp_path):
+    """load_examples is read_examples then validate_examples: the first keeps bad rows (for a
+    reader that must keep their places), the second is the one row validation."""
+    from transferkit.data import DataReport, load_examples, read_examples, validate_examples
+
+    path = tmp_path / "eval.csv"
+    path.write_text("text,label\nok one,b|a\n ,a\nok two,zebra\nok three,NA\nok four,a\n")
+    raw = read_examples(path, label_delimiter="|")
+    assert len(raw) == 5 and raw.labels[0] == "a|b" and raw.multilabel
+    report = DataReport()
+    ex = validate_examples(raw, report, classes=["a", "b"])
+    same = load_examples(path, label_delimiter="|", classes=["a", "b"])
+    assert ex.inputs == same.inputs == ["ok one", "ok four"]
+    assert report.counts() == {"empty_text": 1, "missing_label": 1, "unseen_label": 1}
+    unlabelled = validate_examples(raw, DataReport(), require_labels=False, max_text_chars=6)
+    assert unlabelled.inputs == ["ok one", "ok two"]  # "ok three"/"ok four" are too long

@@ -137,3 +137,25 @@ def _npz(tmp_path: Path) -> Path:
     path = tmp_path / "images.npz"
     np.savez(path, images=np.zeros((4, 8, 8), dtype=np.uint8))
     return path
+
+
+def test_corpus_reads_every_split_and_drops_rows_as_load_examples_does(tmp_path):
+    """A labelled multi-split dataset is a corpus of all its splits' texts, labels ignored;
+    the rows dropped are the rows load_examples drops (empty, longer than max_text_chars)."""
+    import datasets
+
+    from transferkit.data import load_examples
+    from transferkit.pretrain.corpus import read_corpus
+
+    folder = tmp_path / "hf"
+    datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": ["one", "", "two"], "label": [0, 1, 0]}),
+        "test": datasets.Dataset.from_dict({"text": ["x" * 100_001, "three"], "label": [1, 1]}),
+    }).save_to_disk(str(folder))
+    items, report = read_corpus([str(folder)], "text")
+    assert items == ["one", "two", "three"]
+    assert report["dropped_empty"] == 2 and report["examples"] == 3
+    assert report["sources"] == [{"source": str(folder), "examples": 3}]
+    kept = [x for split in ("train", "test") for x in load_examples(
+        folder, split=split, require_labels=False).inputs]
+    assert items == kept

@@ -25,8 +25,9 @@ from .validate import (
 )
 
 __all__ = [
-    "IMAGE", "TEXT", "DataIssue", "DataReport", "Dataset", "Examples", "issue_summary",
-    "load_data", "load_examples", "pick_split", "read_source",
+    "IMAGE", "MAX_TEXT_CHARS", "TEXT", "DataIssue", "DataReport", "Dataset", "Examples",
+    "issue_summary", "load_data", "load_examples", "pick_split", "read_examples", "read_source",
+    "validate_examples",
 ]
 
 
@@ -89,27 +90,50 @@ def pick_split(source: str | Path, splits: dict[str, Examples], prefer: str) -> 
     )
 
 
+def read_examples(
+    source: str | Path, *, split: str = "all", text_column: str | None = None,
+    label_column: str | None = None, require_labels: bool = True,
+    label_delimiter: str | None = None,
+) -> Examples:
+    """Every row of one source's ``split`` (or all of it), multi-label cells made canonical,
+    nothing dropped yet: for a reader that must keep each row's place (``predict`` writes
+    the reason beside an unusable row). Pass the rows through ``validate_examples``."""
+    examples = pick_split(source, read_source(source, text_column, label_column,
+                                              require_labels=require_labels), split)
+    if label_delimiter:
+        examples = canonical_multilabels(examples, label_delimiter)
+    return examples
+
+
+def validate_examples(
+    examples: Examples, report: DataReport, *, require_labels: bool = True,
+    max_text_chars: int = MAX_TEXT_CHARS, classes: list[str] | None = None,
+) -> Examples:
+    """The one row validation: bad rows (empty or over-long texts, unreadable images, missing
+    labels when ``require_labels``) dropped and counted in ``report``, and with ``classes``
+    given, rows of other labels dropped and counted too."""
+    examples = clean_rows(examples, report, require_labels, max_text_chars)
+    if classes is not None:
+        examples = drop_unseen_labels(examples, classes, report)
+    return examples
+
+
 def load_examples(
     source: str | Path, *, split: str = "all", text_column: str | None = None,
     label_column: str | None = None, require_labels: bool = True,
     label_delimiter: str | None = None, classes: list[str] | None = None,
     max_text_chars: int = MAX_TEXT_CHARS, report: DataReport | None = None,
 ) -> Examples:
-    """One source's examples, read and validated the way ``load_data`` does it: the ``split``
-    it holds (or all of it), multi-label cells made canonical, bad rows (empty or over-long
-    texts, unreadable images, missing labels when ``require_labels``) dropped and counted in
-    ``report``, and with ``classes`` given, rows of other labels dropped and counted too.
-    Every reader of labelled or unlabelled data outside training goes through here
-    (evaluate, predict, support sets, meta-learning, pretraining corpora)."""
-    report = report if report is not None else DataReport()
-    examples = pick_split(source, read_source(source, text_column, label_column,
-                                              require_labels=require_labels), split)
-    if label_delimiter:
-        examples = canonical_multilabels(examples, label_delimiter)
-    examples = clean_rows(examples, report, require_labels, max_text_chars)
-    if classes is not None:
-        examples = drop_unseen_labels(examples, classes, report)
-    return examples
+    """One source's examples, read (``read_examples``) and validated (``validate_examples``)
+    the way ``load_data`` does it, what was dropped counted in ``report``. Every reader of
+    labelled or unlabelled data outside training goes through here, or through those two
+    steps when it must keep the dropped rows' places (predict, pretraining corpora)."""
+    examples = read_examples(source, split=split, text_column=text_column,
+                             label_column=label_column, require_labels=require_labels,
+                             label_delimiter=label_delimiter)
+    return validate_examples(examples, report if report is not None else DataReport(),
+                             require_labels=require_labels, max_text_chars=max_text_chars,
+                             classes=classes)
 
 
 def load_data(
@@ -146,7 +170,7 @@ def load_data(
             for ex in (train_ex, valid_ex, test_ex))
     sizes = {ex.source: len(ex) for ex in (train_ex, valid_ex, test_ex) if ex is not None}
     train_ex, valid_ex, test_ex = (
-        clean_rows(ex, report, True, max_text_chars) if ex is not None else None
+        validate_examples(ex, report, max_text_chars=max_text_chars) if ex is not None else None
         for ex in (train_ex, valid_ex, test_ex))
     # Too many bad rows is the finding to report, not the "fewer than two classes" they cause.
     enforce_policy(report, sizes, False, max_bad_fraction)

@@ -5,9 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..data import read_source
-from ..data.examples import IMAGE, TEXT, DataReport
-from ..data.validate import clean_rows
+from ..data import IMAGE, TEXT, DataReport, read_source, validate_examples
 from ..errors import DataError
 
 
@@ -33,7 +31,7 @@ def read_corpus(sources: list[str], modality: str, text_column: str | None = Non
                 fix = ("--modality image" if examples.modality == IMAGE else "--modality text")
                 raise DataError(f"{source} holds {examples.modality} data but this is a "
                                 f"{modality} pretraining run. Pass {fix}, or another corpus.")
-            usable = clean_rows(examples, DataReport(), require_labels=False)
+            usable = validate_examples(examples, DataReport(), require_labels=False)
             report["dropped_empty"] += len(examples) - len(usable)  # empty, too long, unreadable
             items += usable.inputs
             n += len(usable)

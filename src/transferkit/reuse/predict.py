@@ -9,10 +9,9 @@ import pandas as pd
 
 from .._io import write_with
 from .._outputs import check_output_file
-from ..data import DataReport, pick_split, read_source
+from ..data import MAX_TEXT_CHARS, DataReport, read_examples, validate_examples
 from ..data.examples import ISSUE_NAMES, TEXT
 from ..data.tables import other_columns
-from ..data.validate import clean_rows
 from ..errors import DataError
 
 if TYPE_CHECKING:
@@ -21,16 +20,17 @@ if TYPE_CHECKING:
 
 def predict_file(
     engine: Engine, source: str | Path, output: str | Path, *, text_column: str | None = None,
-    overwrite: bool = False, inputs: tuple[Any, ...] = (),
+    overwrite: bool = False, inputs: tuple[Any, ...] = (), max_text_chars: int = MAX_TEXT_CHARS,
 ) -> tuple[Path, int, int]:
     """Predict every row of ``source``; rows that cannot be read keep their place in the output
     with an empty label and the reason, so the output lines up with the input, and a table's
-    other columns (an ``id``) are kept beside the predictions.
+    other columns (an ``id``) are kept beside the predictions. Rows are validated as
+    ``load_examples`` validates them (texts longer than ``max_text_chars`` are unusable).
 
     ``engine`` comes from :func:`transferkit.reuse.engines.load_engine` (torch or ONNX)."""
     output = check_output_file(output, overwrite, inputs=(source, *inputs))
-    examples = pick_split(source, read_source(source, text_column=text_column,
-                                              require_labels=False), "test")
+    examples = read_examples(source, split="test", text_column=text_column,
+                             require_labels=False)
     if examples.modality != engine.modality:
         raise DataError(
             f"{source} holds {examples.modality} inputs, but the model reads "
@@ -38,7 +38,8 @@ def predict_file(
             + ("a CSV/JSONL/Parquet/TXT file of texts" if engine.modality == TEXT else
                "a folder of images or an .npz file") + ").")
     report = DataReport()
-    usable = clean_rows(examples, report, require_labels=False)
+    usable = validate_examples(examples, report, require_labels=False,
+                               max_text_chars=max_text_chars)
     reasons = {i.origin: ISSUE_NAMES.get(i.kind, i.kind) + (f" ({i.detail})" if i.detail else "")
                for i in report.issues}
     good = {o: i for i, o in enumerate(usable.origins)}

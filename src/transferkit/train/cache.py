@@ -1,4 +1,4 @@
-"""Content-addressed feature cache and the one feature-extraction routine.
+"""Content-addressed feature cache, the one feature-extraction routine and its batch loop.
 
 A frozen backbone is run once per dataset, never once per epoch or per run: features are
 stored under ``$TRANSFERKIT_CACHE`` (default ``~/.cache/transferkit``) keyed by the backbone
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,28 +96,59 @@ def extract_features(
             stats.seconds = time.perf_counter() - start
             return hit, stats
 
-    prepared = backbone.prepare(inputs)
-    order = np.argsort([-backbone.cost(p) for p in prepared], kind="stable")
     out = np.empty((len(inputs), backbone.feature_dim), dtype=np.float32)
+
+    def keep(idx: np.ndarray, features: torch.Tensor) -> None:
+        out[idx] = features.float().cpu().numpy()
+
+    backbone.to(device)
+    stats.batches = run_batches(backbone, backbone.prepare(inputs), keep, batch_size=batch_size,
+                                device=device, autocast=autocast_for(resolved, device),
+                                progress=progress)
+    stats.seconds = time.perf_counter() - start
+    if cache is not None and key is not None:
+        cache.save(key, out)
+    return out, stats
+
+
+def run_batches(
+    backbone: Backbone,
+    prepared: list[Any],
+    keep: Callable[[np.ndarray, Any], None],
+    *,
+    batch_size: int,
+    device: torch.device,
+    autocast: Any,
+    forward: Callable[[dict[str, torch.Tensor]], Any] | None = None,
+    costs: Sequence[float] | None = None,
+    progress: Any = None,
+) -> int:
+    """The one batched inference loop: ``forward`` (default: the backbone's pooled features)
+    over ``prepared`` examples, and ``keep(indices, output)`` for each batch; returns the
+    number of batches.
+
+    Examples run most costly first (``costs``, default ``backbone.cost``) so each batch pads
+    only to its own longest member; the loop runs in eval mode under ``torch.inference_mode``
+    and ``autocast``, and restores the backbone's train/eval mode afterwards. ``progress`` is
+    an optional callable ``(done, total)``, called after each batch is kept."""
+    costs = [backbone.cost(p) for p in prepared] if costs is None else costs
+    order = np.argsort([-c for c in costs], kind="stable")
+    run = forward if forward is not None else (lambda batch: backbone(**batch))
+    batches = 0
     was_training = backbone.training
-    backbone.eval().to(device)
-    autocast = autocast_for(resolved, device)
+    backbone.eval()
     try:
         with torch.inference_mode(), autocast:
             for s in range(0, len(order), batch_size):
                 idx = order[s:s + batch_size]
                 batch = backbone.collate([prepared[i] for i in idx])
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                out[idx] = backbone(**batch).float().cpu().numpy()
-                stats.batches += 1
+                keep(idx, run({k: v.to(device, non_blocking=True) for k, v in batch.items()}))
+                batches += 1
                 if progress is not None:
                     progress(min(s + batch_size, len(order)), len(order))
     finally:
         backbone.train(was_training)
-    stats.seconds = time.perf_counter() - start
-    if cache is not None and key is not None:
-        cache.save(key, out)
-    return out, stats
+    return batches
 
 
 def _fingerprint(backbone: Backbone, inputs: list[Any]) -> str:

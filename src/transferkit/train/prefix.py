@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cache import FeatureCache
+from .cache import FeatureCache, run_batches
 
 
 def static_prefix(backbone: Any, frozen: list[nn.Module]) -> list[nn.Module] | None:
@@ -138,21 +138,17 @@ def build_prefix_cache(
             return PrefixCache(layers, list(torch.from_numpy(hit).split(lengths)), template)
 
     per_example: list[torch.Tensor] = [torch.empty(0)] * len(prepared)
-    order = np.argsort([-n for n in lengths], kind="stable")
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with torch.inference_mode(), autocast:
-            for s in range(0, len(order), batch_size):
-                idx = order[s:s + batch_size]
-                batch = backbone.collate([prepared[i] for i in idx])
-                template = _output_of(backbone, layers[-1],
-                                      {k: v.to(device) for k, v in batch.items()})
-                hidden = _hidden(template).float().cpu()
-                for r, i in enumerate(idx):
-                    per_example[i] = hidden[r, : lengths[i]].clone()
-    finally:
-        backbone.train(was_training)
+    last: list[Any] = [None]  # the last batch's output: the structure replays imitate
+
+    def keep(idx: np.ndarray, output: Any) -> None:
+        last[0] = output
+        hidden = _hidden(output).float().cpu()
+        for r, i in enumerate(idx):
+            per_example[i] = hidden[r, : lengths[i]].clone()
+
+    run_batches(backbone, prepared, keep, batch_size=batch_size, device=device,
+                autocast=autocast, costs=lengths,
+                forward=lambda batch: _output_of(backbone, layers[-1], batch))
     if cache is not None and key is not None:
         cache.save(key, torch.cat(per_example).numpy())
-    return PrefixCache(layers, per_example, template)
+    return PrefixCache(layers, per_example, last[0])

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 DATA   ?= ../shared/data
 
-.PHONY: setup demo test bench lint clean study-demo study-images
+.PHONY: setup demo test bench lint clean study-demo study-images options
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# After changing a strategy's options: refresh the snapshot the CLI's flags and help read.
+options: setup
+	$(BIN)/python -c "from transferkit.adapt.options import write_snapshot; write_snapshot()"
 
 bench: setup
 	cd benchmarks && ../$(BIN)/python extract.py

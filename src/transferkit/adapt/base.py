@@ -1,12 +1,12 @@
 """The strategy registry: every way of adapting a backbone plugs in here.
 
-Callers only ever do ``get_strategy(name, options).fit(model, data, ctx)``; a new strategy
-(fine-tuning, LoRA, few-shot) is a new registered class, never a change to a caller.
+Callers only ever do ``get_strategy(name, options).fit(model, data, ctx)`` (``options.py``);
+a new strategy (fine-tuning, LoRA, few-shot) is a new registered class, never a change to a
+caller.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -14,9 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from ..config import did_you_mean
 from ..data.examples import Dataset, Examples
-from ..errors import ConfigError
 from ..train.cache import ExtractionStats, FeatureCache, extract_features
 from .model import TransferModel
 
@@ -72,7 +70,8 @@ class FitContext:
 
 class Strategy:
     """Adapts a :class:`TransferModel` to labelled data. Subclasses declare their options as
-    keyword arguments of ``__init__`` with defaults, so configs are validated by signature."""
+    typed keyword arguments of ``__init__`` with defaults, so configs are checked against
+    them and the CLI's flags and the YAML schema are generated from them."""
 
     name: ClassVar[str] = ""
     #: the whole backbone stays frozen, so its features can be cached and reused
@@ -82,6 +81,24 @@ class Strategy:
     takes_epochs: ClassVar[bool] = False
     #: its head is made of class prototypes, so new classes can join it (predict --support)
     keeps_prototypes: ClassVar[bool] = False
+
+    # Options are the typed keyword arguments of ``__init__`` (see ``options.py``), plus the
+    # ``TrainConfig`` fields named here, which the strategy passes on to the training loop.
+    train_options: ClassVar[frozenset[str]] = frozenset()
+    #: help per option (merged down the class hierarchy); TrainConfig fields carry their own
+    option_help: ClassVar[dict[str, str]] = {}
+    #: effective defaults where ``__init__`` fills in a value (e.g. each strategy's own lr)
+    option_defaults: ClassVar[dict[str, Any]] = {}
+    #: command-line flag names where an option's own name would be unclear (``r``: lora-r)
+    option_flags: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def declared(cls, attribute: str) -> dict[str, Any]:
+        """A dict class variable (``option_help``...) merged down the class hierarchy."""
+        out: dict[str, Any] = {}
+        for klass in reversed(cls.__mro__):
+            out.update(vars(klass).get(attribute, {}))
+        return out
 
     def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
         """Train ``model`` in place; return facts worth reporting (chosen C, epochs, ...)."""
@@ -97,45 +114,6 @@ STRATEGIES: dict[str, type[Strategy]] = {}
 def register(cls: type[Strategy]) -> type[Strategy]:
     STRATEGIES[cls.name] = cls
     return cls
-
-
-def get_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
-    if name not in STRATEGIES:
-        raise ConfigError(
-            f"Unknown strategy '{name}'{did_you_mean(name, STRATEGIES)}. Available: "
-            f"{', '.join(sorted(STRATEGIES))}.")
-    cls = STRATEGIES[name]
-    try:
-        return cls(**(options or {}))
-    except TypeError as e:
-        raise ConfigError(f"Bad options for strategy '{name}': {e}. Known: "
-                          f"{', '.join(named_options(cls))}.") from e
-
-
-def named_options(cls: type) -> list[str]:
-    """The named ``__init__`` parameters of a strategy class and its bases, in order."""
-    names: list[str] = []
-    for klass in cls.__mro__:
-        if "__init__" not in vars(klass) or klass is object:
-            continue
-        for p in inspect.signature(klass.__init__).parameters.values():
-            if p.name != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) \
-                    and p.name not in names:
-                names.append(p.name)
-    return names
-
-
-def reject_unknown_options(strategy: Strategy, given: dict[str, Any],
-                           allowed: set[str] | frozenset[str]) -> None:
-    """A clear error for options that neither the strategy nor the training loop takes."""
-    unknown = set(given) - set(allowed)
-    if unknown:
-        own = named_options(type(strategy))
-        known = own + sorted(set(allowed) - set(own))
-        first = sorted(unknown)[0]
-        raise ConfigError(f"Unknown option(s) for strategy '{strategy.name}': "
-                          f"{', '.join(sorted(unknown))}{did_you_mean(first, known)}. Known: "
-                          f"{', '.join(known)}.")
 
 
 def batchnorm_modules(module: torch.nn.Module) -> list[torch.nn.Module]:

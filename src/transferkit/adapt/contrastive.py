@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, replace
-from typing import Any
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -32,10 +32,12 @@ from ..train.optim import ParamGroup
 from ..train.prefix import static_prefix
 from ..train.sampler import BalancedBatches
 from ..train.trainer import Hooks, Trainer
-from .base import FitContext, Strategy, batchnorm_modules, register, reject_unknown_options
+from .base import FitContext, Strategy, batchnorm_modules, register
 from .model import TransferModel
+from .probe import Head
 
-LOSSES = ("cosine", "batch_all", "batch_hard", "batch_semi_hard", "batch_hard_soft_margin")
+Loss = Literal["cosine", "batch_all", "batch_hard", "batch_semi_hard", "batch_hard_soft_margin"]
+LOSSES = get_args(Loss)
 
 
 def contrastive_criterion(loss: str, margin: float = 0.25):
@@ -162,7 +164,28 @@ class Contrastive(Strategy):
     text_defaults = {"lr": 1.2e-4, "epochs": 20, "frozen_groups": 1}
     image_defaults = {"lr": 1e-5, "epochs": 4, "frozen_groups": 0}
 
-    def __init__(self, loss: str = "cosine", head: str = "logreg", pair_batch: int = 32,
+    train_options = TRAIN_OPTIONS
+    option_defaults: ClassVar[dict[str, Any]] = {"lr": None}  # by modality: text_defaults...
+    option_help: ClassVar[dict[str, str]] = {
+        "loss": "Phase-1 loss: cosine pairs (SetFit's) or a triplet loss.",
+        "head": "Phase-2 head: logreg (C cross-validated) or linear (torch).",
+        "pair_batch": "Examples per phase-1 batch.",
+        "epochs": "Phase-1 budget in passes over the labelled examples (default: 20 text, "
+                  "4 images).",
+        "min_steps": "Phase 1 takes at least this many steps.",
+        "max_steps": "Phase 1 takes at most this many steps.",
+        "valid_fraction": "Held out of train for phase-1 early stopping when the data has "
+                          "no validation split (default: none for text, 0.2 for images).",
+        "margin": "Margin of the triplet losses.",
+        "freeze_batchnorm": "Batch norm keeps its pretrained running statistics.",
+        "frozen_groups": "Layer groups kept as pretrained, input side first (default: 1 "
+                         "text, 0 images).",
+        "end_to_end": "Epochs of phase-2 fine-tuning of body and head (0: the probe alone).",
+        "end_to_end_lr": "Learning rate of the end-to-end phase.",
+        "lr": "Phase-1 peak learning rate (default: 1.2e-4 text, 1e-5 images).",
+    }
+
+    def __init__(self, loss: Loss = "cosine", head: Head = "logreg", pair_batch: int = 32,
                  epochs: int | None = None, min_steps: int = 8, max_steps: int | None = None,
                  valid_fraction: float | None = None, margin: float = 0.25,
                  freeze_batchnorm: bool = True, frozen_groups: int | None = None,
@@ -175,7 +198,6 @@ class Contrastive(Strategy):
                               f"{', '.join(LOSSES)}.")
         if head not in HEADS:
             raise ConfigError(f"Unknown head '{head}'. Choose one of: {', '.join(HEADS)}.")
-        reject_unknown_options(self, train_options, TRAIN_OPTIONS)
         if pair_batch < 2:
             raise ConfigError("pair_batch must be at least 2 (pairs are formed in a batch).")
         self.loss, self.head, self.pair_batch, self.margin = loss, head, pair_batch, margin

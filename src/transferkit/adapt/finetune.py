@@ -10,7 +10,7 @@ converges in fewer epochs; the probe's features come from the cache, so it costs
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from torch import nn
@@ -22,7 +22,7 @@ from ..train.batches import BackboneBatches
 from ..train.config import TRAIN_OPTIONS, RunSettings, TrainConfig
 from ..train.optim import ParamGroup
 from ..train.trainer import Trainer
-from .base import FitContext, Strategy, label_indices, register, reject_unknown_options
+from .base import FitContext, Strategy, label_indices, register
 from .model import TransferModel
 
 
@@ -33,17 +33,27 @@ class FineTuneStrategy(Strategy):
     when the data has no validation split)."""
 
     takes_epochs = True
+    train_options = TRAIN_OPTIONS
+    option_help: ClassVar[dict[str, str]] = {
+        "lr_decay": "Layer-wise LR decay: each layer group below the top trains at this "
+                    "times the LR of the one above, e.g. 0.8 (unset: one LR).",
+        "init_head": "probe: start the head from a linear probe (LP-FT); random: from random "
+                     "weights.",
+        "valid_fraction": "Share of the training data held out for early stopping when the "
+                          "data has no validation split.",
+    }
+    option_defaults: ClassVar[dict[str, Any]] = {"lr": 5e-5}
 
-    default_lr = 5e-5
-
-    def __init__(self, lr_decay: float | None = None, init_head: str = "probe",
+    def __init__(self, lr_decay: float | None = None,
+                 init_head: Literal["probe", "random"] = "probe",
                  valid_fraction: float = 0.1, **train_options: Any) -> None:
-        reject_unknown_options(self, train_options, TRAIN_OPTIONS)
         if init_head not in ("probe", "random"):
             raise ConfigError("init_head must be 'probe' or 'random'.")
         if lr_decay is not None and not 0 < lr_decay <= 1:
             raise ConfigError(f"lr_decay must be in (0, 1]; got {lr_decay}.")
-        train_options.setdefault("lr", self.default_lr)
+        for key, value in self.declared("option_defaults").items():
+            if key in TRAIN_OPTIONS:
+                train_options.setdefault(key, value)
         self.train_config = TrainConfig(**train_options)
         self.train_config.validate()
         self.lr_decay, self.init_head, self.valid_fraction = lr_decay, init_head, valid_fraction
@@ -183,6 +193,12 @@ class Partial(FineTuneStrategy):
 
     name = "partial"
 
+    option_help: ClassVar[dict[str, str]] = {
+        "train_layers": "How many top layer groups train (the rest stay frozen).",
+        "cache_prefix": "Text: run the frozen lower layers once and replay their output "
+                        "every epoch.",
+    }
+
     def __init__(self, train_layers: int = 2, cache_prefix: bool = True, **options: Any
                  ) -> None:
         if train_layers < 0:
@@ -211,12 +227,16 @@ class Gradual(FineTuneStrategy):
 
     name = "gradual"
 
-    def __init__(self, unfreeze_every: int = 1, **options: Any) -> None:
+    option_help: ClassVar[dict[str, str]] = {
+        "unfreeze_every": "Epochs between unfreezing one more layer group.",
+    }
+    option_defaults: ClassVar[dict[str, Any]] = {"epochs": 4}
+
+    def __init__(self, unfreeze_every: int = 1, lr_decay: float | None = 0.8,
+                 **options: Any) -> None:
         if unfreeze_every < 1:
             raise ConfigError("unfreeze_every must be >= 1.")
-        options.setdefault("lr_decay", 0.8)
-        options.setdefault("epochs", 4)
-        super().__init__(**options)
+        super().__init__(lr_decay=lr_decay, **options)
         self.unfreeze_every = unfreeze_every
 
     def options(self) -> dict[str, Any]:
@@ -231,7 +251,7 @@ class BitFit(FineTuneStrategy):
     """Only biases and normalisation parameters train (Ben Zaken et al. 2022), plus the head."""
 
     name = "bitfit"
-    default_lr = 1e-3
+    option_defaults: ClassVar[dict[str, Any]] = {"lr": 1e-3}
 
     def plan(self, model: TransferModel) -> tuple[list[ParamGroup], list[nn.Module]]:
         cfg = self.train_config
@@ -250,11 +270,11 @@ class Scratch(FineTuneStrategy):
     with the same data, budget and epochs. What it scores is what pretraining did not give."""
 
     name = "scratch"
-    default_lr = 3e-4
+    option_defaults: ClassVar[dict[str, Any]] = {"lr": 3e-4}
 
-    def __init__(self, **options: Any) -> None:
-        options.setdefault("init_head", "random")
-        super().__init__(**options)
+    def __init__(self, init_head: Literal["probe", "random"] = "random", **options: Any
+                 ) -> None:
+        super().__init__(init_head=init_head, **options)
 
     def prepare_backbone(self, model: TransferModel) -> None:
         import torch

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
@@ -40,12 +40,24 @@ def auto_target_modules(model: nn.Module) -> list[str] | str:
 
 @register
 class LoRA(FineTuneStrategy):
-    """``r``, ``alpha``, ``dropout``, ``target_modules`` (found automatically), ``merge``
+    """Low-rank adapters (Hu et al. 2022): small trainable matrices beside frozen weights.
+
+    Options: ``r``, ``alpha``, ``dropout``, ``target_modules`` (found automatically), ``merge``
     (fold the adapter into the weights when training ends, so the saved model is a plain
     backbone; otherwise the adapter is saved beside the untouched base weights)."""
 
     name = "lora"
-    default_lr = 5e-4
+    option_defaults: ClassVar[dict[str, Any]] = {"lr": 5e-4}
+    option_flags: ClassVar[dict[str, str]] = {"r": "lora-r", "alpha": "lora-alpha",
+                                              "dropout": "lora-dropout"}
+    option_help: ClassVar[dict[str, str]] = {
+        "r": "LoRA rank.", "alpha": "LoRA alpha (the update is scaled by alpha / r).",
+        "dropout": "Dropout on the LoRA branch.",
+        "target_modules": "Module names the adapter wraps (default: found for the "
+                          "architecture).",
+        "merge": "Fold the adapter into the weights when training ends, so the saved model "
+                 "is a plain backbone.",
+    }
 
     def __init__(self, r: int = 8, alpha: int = 16, dropout: float = 0.1,
                  target_modules: list[str] | None = None, merge: bool = False,

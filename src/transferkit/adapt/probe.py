@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 import torch
@@ -20,7 +20,8 @@ from ..train.trainer import Hooks, Trainer
 from .base import FitContext, Strategy, label_indices, register
 from .model import TransferModel
 
-HEADS = ("logreg", "linear")
+Head = Literal["logreg", "linear"]
+HEADS = get_args(Head)
 
 
 def make_logreg_cv(cs: np.ndarray, cv: StratifiedKFold, max_iter: int, seed: int
@@ -50,7 +51,21 @@ class Probe(Strategy):
         "linear": {"epochs": 300, "lr": 1e-2, "weight_decay": 1e-3, "patience": 20},
     }
 
-    def __init__(self, head: str = "logreg", cv_folds: int | None = None,
+    option_defaults: ClassVar[dict[str, Any]] = {**HEAD_OPTIONS["logreg"],
+                                                 **HEAD_OPTIONS["linear"]}
+    option_help: ClassVar[dict[str, str]] = {
+        "head": "logreg: scikit-learn logistic regression, C cross-validated; linear: a torch "
+                "linear layer on the training loop (runs on GPU).",
+        "cv_folds": "logreg head: cross-validation folds for C.",
+        "Cs": "logreg head: how many values of C to try (log-spaced).",
+        "max_iter": "logreg head: solver iterations.",
+        "epochs": "linear head: the most epochs (early stopping on a held-out tenth).",
+        "lr": "linear head: learning rate.",
+        "weight_decay": "linear head: AdamW weight decay.",
+        "patience": "linear head: epochs without improvement before stopping.",
+    }
+
+    def __init__(self, head: Head = "logreg", cv_folds: int | None = None,
                  Cs: int | None = None, max_iter: int | None = None,  # noqa: N803
                  epochs: int | None = None, lr: float | None = None,
                  weight_decay: float | None = None, patience: int | None = None) -> None:

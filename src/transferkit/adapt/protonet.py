@@ -24,7 +24,7 @@ and wherever new classes arrive (meta-eval episodes, the fitted head, ``with_sup
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -43,7 +43,6 @@ from .base import (
     batchnorm_modules,
     label_indices,
     register,
-    reject_unknown_options,
 )
 from .model import TransferModel
 
@@ -223,13 +222,28 @@ class Protonet(Strategy):
 
     name = "protonet"
 
+    # episodes are the step count: epochs and max_steps would contradict it
+    train_options = TRAIN_OPTIONS - {"epochs", "max_steps"}
+    option_defaults: ClassVar[dict[str, Any]] = {"lr": 5e-5}
+    option_help: ClassVar[dict[str, str]] = {
+        "n_way": "Classes per training episode (default: min(5, number of classes)).",
+        "k_shot": "Support examples per class in an episode.",
+        "n_query": "Query examples per class in an episode.",
+        "episodes": "Training episodes (the step budget).",
+        "scale": "Softmax scale for unit-norm features.",
+        "meta_train": "Meta-train the encoder on episodes (false: raw-feature prototypes).",
+        "valid_episodes": "Episodes on the validation split for early stopping.",
+        "freeze_batchnorm": "Batch norm keeps its pretrained running statistics.",
+        "inner_steps": "fo-Proto-MAML: gradient steps of the head on each support set "
+                       "(0: plain prototypes).",
+        "inner_lr": "Learning rate of those inner steps.",
+    }
+
     def __init__(self, n_way: int | None = None, k_shot: int = 5, n_query: int = 5,
                  episodes: int = 100, scale: float = DEFAULT_SCALE, meta_train: bool = True,
                  valid_episodes: int = 100, freeze_batchnorm: bool = True,
                  inner_steps: int = 0, inner_lr: float = INNER_LR,
                  **train_options: Any) -> None:
-        # episodes are the step count: epochs and max_steps would contradict it
-        reject_unknown_options(self, train_options, TRAIN_OPTIONS - {"epochs", "max_steps"})
         if episodes < 1 or scale <= 0:
             raise ConfigError("episodes must be >= 1 and scale > 0.")
         if inner_steps < 0 or inner_lr <= 0:

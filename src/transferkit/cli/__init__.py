@@ -4,11 +4,12 @@ calls a workflow or the Classifier)."""
 from __future__ import annotations
 
 from . import fewshot, fit, more, reuse, study  # noqa: F401  (each registers its commands)
-from .app import STRATEGY_NAMES, app, main, parse_options
+from .app import app, main, parse_options
+from .strategy_flags import STRATEGY_NAMES
 
 # --help lists the commands in the order a newcomer meets them
 ORDER = ("fit", "study", "evaluate", "predict", "export", "serve", "meta-train", "meta-eval",
-         "models", "pretrain", "demo", "examples")
+         "models", "strategies", "pretrain", "demo", "examples")
 app.registered_commands.sort(
     key=lambda c: ORDER.index(c.name or c.callback.__name__.replace("_", "-")))
 

@@ -21,11 +21,6 @@ console = Console(stderr=True)
 out = Console()
 
 Opt = typer.Option
-# The registered strategies, for --help without importing torch (a test keeps it in step
-# with the registry in adapt/).
-STRATEGY_NAMES = ("probe", "partial", "full", "gradual", "bitfit", "lora", "contrastive",
-                  "protonet", "scratch")
-
 
 def _show_version(value: bool) -> None:
     if value:

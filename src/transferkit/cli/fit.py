@@ -9,16 +9,17 @@ import typer
 
 from ..errors import TransferkitError
 from .app import (
-    STRATEGY_NAMES,
     Opt,
     _print_result,
     _with_progress,
     app,
     parse_options,
 )
+from .strategy_flags import STRATEGY_NAMES, with_strategy_flags
 
 
 @app.command()
+@with_strategy_flags
 def fit(
     train: Annotated[str | None, typer.Argument(
         help="Training data: CSV/TSV/JSONL/Parquet/TXT file, image folder (root/<class>/*.jpg),"
@@ -32,8 +33,6 @@ def fit(
     strategy: Annotated[str | None, Opt(help="How to adapt the backbone: "
                                          f"{', '.join(STRATEGY_NAMES)}. [default: probe]")
                         ] = None,
-    head: Annotated[str | None, Opt(
-        help="Probe head: logreg (cross-validated) or linear (torch). [default: logreg]")] = None,
     out_dir: Annotated[str | None, Opt("--out", help="Run folder to write. [default: a new "
                                                   "runs/<data>-<strategy>-<time>]")
                        ] = None,
@@ -70,47 +69,18 @@ def fit(
     trust_remote_code: Annotated[bool, Opt(
         "--trust-remote-code", help="Run Python code shipped with the backbone (auto_map, *.py)."
         " Only for models whose authors you trust; refused without it.")] = False,
-    epochs: Annotated[int | None, Opt(help="Fine-tuning epochs. [3]", rich_help_panel="Fine-tuning")
-                      ] = None,
-    lr: Annotated[float | None, Opt(help="Peak learning rate (full/partial 5e-5, lora 5e-4, "
-                                         "bitfit 1e-3).", rich_help_panel="Fine-tuning")] = None,
-    lr_decay: Annotated[float | None, Opt(help="Layer-wise LR decay, e.g. 0.8.",
-                                          rich_help_panel="Fine-tuning")] = None,
-    train_layers: Annotated[int | None, Opt(help="partial: how many top layer groups train.",
-                                            rich_help_panel="Fine-tuning")] = None,
-    schedule: Annotated[str | None, Opt(help="linear, cosine or constant (after warm-up).",
-                                        rich_help_panel="Fine-tuning")] = None,
-    grad_accum: Annotated[int | None, Opt(help="Gradient accumulation steps.",
-                                          rich_help_panel="Fine-tuning")] = None,
-    class_weights: Annotated[str | None, Opt(help="'balanced' for imbalanced classes.",
-                                             rich_help_panel="Fine-tuning")] = None,
-    eval_every: Annotated[int | None, Opt(help="Evaluate every N steps (default: each epoch).",
-                                          rich_help_panel="Fine-tuning")] = None,
-    patience: Annotated[int | None, Opt(help="Early stopping: evaluations without improvement.",
-                                        rich_help_panel="Fine-tuning")] = None,
-    metric: Annotated[str | None, Opt(help="Early-stopping metric: accuracy, macro_f1, loss.",
-                                      rich_help_panel="Fine-tuning")] = None,
-    checkpoint_every: Annotated[int | None, Opt(help="Checkpoint every N steps (for --resume).",
-                                                rich_help_panel="Fine-tuning")] = None,
     resume: Annotated[bool, Opt("--resume", help="Continue a killed run from its last "
-                                "checkpoint.", rich_help_panel="Fine-tuning")] = False,
-    lora_r: Annotated[int | None, Opt(help="LoRA rank. [8]", rich_help_panel="Fine-tuning")
-                      ] = None,
-    lora_alpha: Annotated[int | None, Opt(help="LoRA alpha. [16]", rich_help_panel="Fine-tuning")
-                          ] = None,
-    merge: Annotated[bool, Opt("--merge", help="LoRA: fold the adapter into the weights on save.",
-                               rich_help_panel="Fine-tuning")] = False,
-    log_with: Annotated[str | None, Opt(help="Experiment tracker, e.g. tensorboard.",
-                                        rich_help_panel="Fine-tuning")] = None,
+                                "checkpoint.")] = False,
     option: Annotated[list[str] | None, Opt(
         "--option", "-o", help="Any other strategy option as KEY=VALUE, repeatable, e.g. "
-        "-o loss=batch_hard -o pair_batch=16 (contrastive), -o k_shot=8 (protonet).",
-        rich_help_panel="Fine-tuning")] = None,
+        "-o loss=batch_hard (contrastive), -o k_shot=8 (protonet); `transferkit strategies"
+        " NAME` lists a strategy's options.")] = None,
     overwrite: Annotated[bool | None, Opt(
         "--overwrite", help="Replace an existing --out folder (only once the run succeeded).")
     ] = None,
     config: Annotated[Path | None, Opt(help="YAML file with any of these options "
                                             "(flags given here win).")] = None,
+    strategy_flags: dict[str, Any] | None = None,
 ) -> None:
     """Fit a classifier on labelled data, evaluate it on a test split, and save the run."""
     from ..config import build_config, load_yaml
@@ -127,15 +97,7 @@ def fit(
         overwrite=overwrite,
         cache=False if no_cache else None, trust_remote_code=True if trust_remote_code else None,
     )
-    strategy_flags = dict(
-        head=head, epochs=epochs, lr=lr, lr_decay=lr_decay, train_layers=train_layers,
-        schedule=schedule, grad_accum=grad_accum, class_weights=class_weights,
-        eval_every=eval_every, patience=patience, metric=metric,
-        checkpoint_every=checkpoint_every, r=lora_r, alpha=lora_alpha,
-        merge=True if merge else None, log_with=log_with,
-    )
-    given = {**parse_options(option), **{k: v for k, v in strategy_flags.items()
-                                         if v is not None}}
+    given = {**parse_options(option), **(strategy_flags or {})}
     if given:
         cli_values["strategy_options"] = {**(file_values.get("strategy_options") or {}), **given}
     if resume:

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..errors import TransferkitError
 from .app import (
     Opt,
     _print_result,
@@ -31,6 +32,47 @@ def models() -> None:
             f"{row['where']}; offline: {row['install']}"
         table.add_row(str(row["name"]), str(row["modality"]), str(row["description"]), where)
     out.print(table)
+
+
+@app.command()
+def strategies(
+    name: Annotated[str | None, typer.Argument(help="A strategy to describe (default: all).")
+                    ] = None,
+    schema: Annotated[bool, Opt("--schema", help="Print the JSON schema of a fit --config "
+                                "YAML file instead (for an editor's YAML checker).")] = False,
+) -> None:
+    """The ways to adapt a backbone and each one's options (flags of `fit`, keys of
+    strategy_options: in a YAML config, values of -o KEY=VALUE)."""
+    import json
+
+    from rich.markup import escape
+
+    from .strategy_flags import CATALOGUE, flag_table
+
+    if schema:
+        from ..adapt.options import config_schema
+
+        out.print_json(json.dumps(config_schema()))
+        return
+    if name is not None and name not in CATALOGUE:
+        from ..config import did_you_mean
+
+        raise TransferkitError(f"Unknown strategy '{name}'{did_you_mean(name, CATALOGUE)}. "
+                               f"Available: {', '.join(CATALOGUE)}.")
+    flags = flag_table()
+    for strategy in [name] if name else list(CATALOGUE):
+        entry = CATALOGUE[strategy]
+        frozen = " (frozen backbone)" if entry["frozen_backbone"] else ""
+        summary = entry["summary"].replace("``", "")
+        table = Table(title=escape(f"{strategy}{frozen}: {summary}"), title_justify="left")
+        for col in ("flag", "type", "default", "help"):
+            table.add_column(col, overflow="fold")
+        for spec in entry["options"]:
+            kind = "|".join(map(str, spec["choices"])) if spec["choices"] else spec["type"]
+            default = "unset" if spec["default"] is None else str(spec["default"])
+            table.add_row(*map(escape, (f"--{flags[spec['name']]['flag']}", kind, default,
+                                        spec["help"])))
+        out.print(table)
 
 
 @app.command()

@@ -9,40 +9,55 @@ every strategy of that run.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 import torch
 
 from ..errors import ConfigError
 
-SCHEDULES = ("linear", "cosine", "constant")
-METRICS = ("accuracy", "macro_f1", "micro_f1", "loss", "perplexity")
+Schedule = Literal["linear", "cosine", "constant"]
+Metric = Literal["accuracy", "macro_f1", "micro_f1", "loss", "perplexity"]
+SCHEDULES, METRICS = get_args(Schedule), get_args(Metric)
 LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+def _opt(default: Any, help: str) -> Any:  # noqa: A002  (the option's help text)
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3
-    lr: float = 5e-5
-    head_lr: float | None = None  # default: same as lr
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    schedule: str = "linear"
-    grad_accum: int = 1
-    max_grad_norm: float | None = 1.0
-    class_weights: str | None = None  # "balanced": inverse class frequency
-    eval_every: int | None = None  # optimizer steps; None: at the end of every epoch
-    metric: str = "accuracy"
-    patience: int | None = 3  # evaluations without improvement before stopping
-    restore_best: bool = True
-    checkpoint_every: int | None = None  # optimizer steps; None: at the end of each epoch
-    max_steps: int | None = None
-    log_every: int = 10
-    log_with: str | None = None  # "tensorboard"
-    mixup: float = 0.0  # images: mixup alpha (timm.data.Mixup); 0 = off
-    cutmix: float = 0.0  # images: cutmix alpha; 0 = off
+    """The training loop's options; each field's help is what ``transferkit strategies`` and
+    the ``fit`` flags show."""
+
+    epochs: int = _opt(3, "Passes over the training data (the most; early stopping may end "
+                          "sooner).")
+    lr: float = _opt(5e-5, "Peak learning rate.")
+    head_lr: float | None = _opt(None, "Learning rate of the head (default: lr).")
+    weight_decay: float = _opt(0.01, "AdamW weight decay.")
+    warmup_ratio: float = _opt(0.1, "Share of the steps spent warming the LR up.")
+    schedule: Schedule = _opt(
+        "linear", "LR schedule after warm-up.")
+    grad_accum: int = _opt(1, "Gradient accumulation steps.")
+    max_grad_norm: float | None = _opt(1.0, "Clip gradients to this norm (unset: no clipping).")
+    class_weights: Literal["balanced"] | None = _opt(
+        None, "'balanced': weigh the loss by inverse class frequency.")
+    eval_every: int | None = _opt(None, "Evaluate every N optimizer steps (default: each "
+                                        "epoch).")
+    metric: Metric = _opt(
+        "accuracy", "Early-stopping metric on the validation data.")
+    patience: int | None = _opt(3, "Early stopping: evaluations without improvement "
+                                   "(unset: never stop early).")
+    restore_best: bool = _opt(True, "End with the weights of the best evaluation.")
+    checkpoint_every: int | None = _opt(None, "Checkpoint every N steps for --resume "
+                                              "(default: each epoch).")
+    max_steps: int | None = _opt(None, "Stop after this many optimizer steps.")
+    log_every: int = _opt(10, "Log the loss every N steps.")
+    log_with: str | None = _opt(None, "Experiment tracker for Accelerate, e.g. tensorboard.")
+    mixup: float = _opt(0.0, "Images: mixup alpha (0 = off).")
+    cutmix: float = _opt(0.0, "Images: cutmix alpha (0 = off).")
 
     def validate(self) -> None:
         if self.schedule not in SCHEDULES:

@@ -16,6 +16,7 @@ import torch
 from .. import __version__, git_commit
 from .._io import write_json, write_text
 from .._outputs import checkpoint_dir_for, fresh_run_dir, staged_output
+from ..adapt import get_strategy
 from ..artifact.store import save_model
 from ..classifier import Classifier
 from ..config import FitConfig, dump_yaml
@@ -43,6 +44,7 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
             data: Dataset | None = None) -> RunResult:
     """Everything ``transferkit fit`` does: data -> fit -> evaluate -> artifact + report."""
     start = time.perf_counter()
+    get_strategy(config.strategy, config.strategy_options)  # bad options: before any reading
     if config.out is None:
         if "RANK" in os.environ:  # each process would pick its own time-stamped folder
             raise ConfigError("Under torchrun / accelerate launch pass --out: every process "

@@ -16,7 +16,7 @@ import torch
 
 from . import __version__
 from ._outputs import staged_output
-from .adapt import FitContext, TransferModel, get_strategy, label_indices
+from .adapt import FitContext, TransferModel, fit_cost, get_strategy, label_indices
 from .artifact.store import load_model, save_model
 from .backbones import Backbone, load_backbone
 from .data import DataReport, Dataset, Examples, issue_summary, load_data, load_examples
@@ -80,9 +80,11 @@ class Classifier:
             )
         self.timings["load_backbone"] = time.perf_counter() - start
         self.model = TransferModel(backbone, data.classes)
-        n_extract = len(self.context.extraction)
+        n_extract, n_phases = len(self.context.extraction), len(self.context.phases)
         start = time.perf_counter()
         self.fit_info = self.strategy.fit(self.model, data, self.context)
+        self.fit_info["cost"] = fit_cost(self.model, self.context.extraction[n_extract:],
+                                         self.context.phases[n_phases:])
         self.timings["fit_total"] = time.perf_counter() - start
         self.timings["extract"] = sum(s.seconds for s in self.context.extraction[n_extract:])
         self.timings["fit_head"] = self.timings["fit_total"] - self.timings["extract"]

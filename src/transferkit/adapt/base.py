@@ -33,6 +33,7 @@ class FitContext:
     checkpoint_dir: Path | None = None  # where checkpoints go (outlives a killed run)
     resume: bool = False
     extraction: list[ExtractionStats] = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)  # each training run's cost
     # per-example features by (backbone fingerprint, precision): lets a study serve any label
     # budget's subset from one extraction of the whole training set
     memo: dict[tuple[str, str], dict[bytes, np.ndarray]] | None = None
@@ -81,6 +82,8 @@ class Strategy:
     takes_epochs: ClassVar[bool] = False
     #: its head is made of class prototypes, so new classes can join it (predict --support)
     keeps_prototypes: ClassVar[bool] = False
+    #: it starts from the pretrained weights (False: the no-pretraining reference of a study)
+    pretrained: ClassVar[bool] = True
 
     # Options are the typed keyword arguments of ``__init__`` (see ``options.py``), plus the
     # ``TrainConfig`` fields named here, which the strategy passes on to the training loop.
@@ -114,6 +117,28 @@ STRATEGIES: dict[str, type[Strategy]] = {}
 def register(cls: type[Strategy]) -> type[Strategy]:
     STRATEGIES[cls.name] = cls
     return cls
+
+
+def fit_cost(model: TransferModel, extraction: list[ExtractionStats],
+             phases: list[dict[str, Any]]) -> dict[str, Any]:
+    """What one fit cost, the same way for every strategy: examples through the frozen
+    backbone (features; those from the cache cost nothing now, but are counted apart), then
+    the training runs it made (a fine-tune; contrastive's phase 1 and head; protonet's
+    episodes; scratch's learning-rate trials and refit): optimizer steps, examples through
+    forward and backward, and the most parameters any of them trained. A closed-form head
+    (the logistic-regression probe) trains its own weights with no optimizer steps."""
+    head = sum(p.numel() for p in model.head.parameters())
+    return {
+        "examples_extracted": sum(s.n for s in extraction if not s.from_cache),
+        "examples_from_cache": sum(s.n for s in extraction if s.from_cache),
+        "training_runs": len(phases),
+        "steps": sum(p["steps"] for p in phases),
+        "examples_seen": sum(p["examples_seen"] for p in phases),
+        "trainable_params": max([p["trainable_params"] for p in phases], default=head),
+        "total_params": sum(p.numel() for p in model.parameters()),
+        "phases": [{k: p[k] for k in ("steps", "examples_seen", "trainable_params")}
+                   for p in phases],
+    }
 
 
 def batchnorm_modules(module: torch.nn.Module) -> list[torch.nn.Module]:

@@ -93,6 +93,11 @@ class FineTuneStrategy(Strategy):
     # -- the one path -----------------------------------------------------------------------
     def fit(self, model: TransferModel, data: Dataset, ctx: FitContext) -> dict[str, Any]:
         train_ex, valid_ex = _train_valid(data, self.valid_fraction, ctx.seed)
+        return self.fit_on(model, train_ex, valid_ex, data, ctx, self.train_config)
+
+    def fit_on(self, model: TransferModel, train_ex: Examples, valid_ex: Examples | None,
+               data: Dataset, ctx: FitContext, cfg: TrainConfig) -> dict[str, Any]:
+        """One training run on ``train_ex``, stopping early on ``valid_ex`` (None: never)."""
         info: dict[str, Any] = {}
         if train_ex.multilabel:
             model.multilabel, model.delimiter = True, train_ex.delimiter
@@ -116,7 +121,7 @@ class FineTuneStrategy(Strategy):
             prefix=self.cacheable_prefix(model, frozen), cache=ctx.cache)
         valid_batches = None if valid_ex is None else BackboneBatches(
             model.backbone, valid_ex.inputs, label_indices(valid_ex, model.classes), n_classes)
-        result = Trainer(model, groups, self.train_config, train_batches, valid=valid_batches,
+        result = Trainer(model, groups, cfg, train_batches, valid=valid_batches,
                          run=RunSettings.of(ctx), frozen=frozen).fit()
         self.finish_backbone(model)
         for p in model.parameters():
@@ -262,35 +267,3 @@ class BitFit(FineTuneStrategy):
                   if n.endswith("bias") or id(p) in norm_params]
         return [ParamGroup(list(model.head.parameters()), cfg.head_lr or cfg.lr, 0, "head"),
                 ParamGroup(params, cfg.lr, 0, "biases+norms")], []
-
-
-@register
-class Scratch(FineTuneStrategy):
-    """The honest baseline: the *same architecture* with random weights, trained end to end
-    with the same data, budget and epochs. What it scores is what pretraining did not give."""
-
-    name = "scratch"
-    option_defaults: ClassVar[dict[str, Any]] = {"lr": 3e-4}
-
-    def __init__(self, init_head: Literal["probe", "random"] = "random", **options: Any
-                 ) -> None:
-        super().__init__(init_head=init_head, **options)
-
-    def prepare_backbone(self, model: TransferModel) -> None:
-        import torch
-
-        torch.manual_seed(0)
-        inner = model.backbone.model
-        if hasattr(inner, "config") and hasattr(inner, "init_weights"):  # transformers
-            from transformers import AutoModel
-
-            # a fresh model from the config gets the architecture's own initialisation
-            fresh = AutoModel.from_config(inner.config)
-            if getattr(fresh, "pooler", None) is not None:
-                fresh.pooler = None
-            model.backbone.model = fresh
-        else:  # timm and plain torch modules
-            for module in inner.modules():
-                if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
-        model.backbone.invalidate_fingerprint()

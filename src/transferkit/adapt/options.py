@@ -31,7 +31,7 @@ SNAPSHOT = Path(__file__).resolve().parents[1] / "cli" / "strategy_options.json"
 @dataclass(frozen=True)
 class OptionSpec:
     name: str
-    type: str  # "int", "float", "bool", "str" or "list[str]"
+    type: str  # "int", "float", "bool", "str", "list[str]" or "list[float]"
     default: Any
     help: str = ""
     choices: tuple[Any, ...] | None = None
@@ -47,8 +47,8 @@ def _kind(hint: Any) -> tuple[str, tuple[Any, ...] | None, bool]:
         return name, choices, type(None) in args
     if typing.get_origin(hint) is Literal:
         return type(args[0]).__name__, tuple(args), False
-    if typing.get_origin(hint) is list:
-        return "list[str]", None, False
+    if typing.get_origin(hint) is list and args[0] in (str, float):
+        return f"list[{args[0].__name__}]", None, False
     if hint in (int, float, bool, str):
         return hint.__name__, None, False
     raise TypeError(f"option type {hint!r} is not one a config file can hold")
@@ -114,11 +114,19 @@ def _coerce(strategy: str, spec: OptionSpec, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise wrong("a number")
         value = float(value)
-    elif spec.type == "list[str]":
+    elif spec.type.startswith("list["):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise wrong("a list of names (a YAML list, or a,b,c)")
+        if not isinstance(value, list):
+            raise wrong("a list (a YAML list, or a,b,c)")
+        if spec.type == "list[float]":
+            value = [_number(v, wrong, "a list of numbers") if isinstance(v, str) else v
+                     for v in value]
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
+                raise wrong("a list of numbers")
+            value = [float(v) for v in value]
+        elif not all(isinstance(v, str) for v in value):
+            raise wrong("a list of names")
     elif not isinstance(value, str):
         raise wrong("a string")
     if spec.choices is not None and value not in spec.choices:
@@ -164,13 +172,13 @@ def catalogue() -> dict[str, Any]:
 
 
 _JSON_TYPES = {"int": "integer", "float": "number", "bool": "boolean", "str": "string",
-               "list[str]": "array"}
+               "list[str]": "array", "list[float]": "array"}
 
 
 def _option_schema(spec: OptionSpec) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": _JSON_TYPES[spec.type], "description": spec.help}
-    if spec.type == "list[str]":
-        schema["items"] = {"type": "string"}
+    if spec.type.startswith("list["):
+        schema["items"] = {"type": "string" if spec.type == "list[str]" else "number"}
     if spec.choices is not None:
         schema["enum"] = list(spec.choices)
     if spec.nullable:

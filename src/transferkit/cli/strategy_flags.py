@@ -20,7 +20,7 @@ CATALOGUE: dict[str, Any] = json.loads(
     (Path(__file__).with_name("strategy_options.json")).read_text())
 STRATEGY_NAMES = tuple(CATALOGUE)
 _TYPES: dict[str, Any] = {"int": int, "float": float, "bool": bool, "str": str,
-                          "list[str]": str}  # a list is given as a,b,c
+                          "list[str]": str, "list[float]": str}  # a list is given as a,b,c
 _PREFIX = "strategy_option__"  # keeps generated parameter names apart from the command's own
 
 

@@ -28,10 +28,12 @@ def study_command(
     backbone: Annotated[str, Opt(help="Pretrained backbone.")] = "minilm",
     budgets: Annotated[str, Opt(help="Labels per class, comma-separated; 'all' = everything.")
                        ] = "8,32,128,512,all",
-    strategies: Annotated[str, Opt(help="Comma-separated: scratch (same architecture, random "
-                                        "weights), classic (TF-IDF / small CNN), probe, "
-                                        "partial, lora, full, ...")
-                          ] = "scratch,classic,probe,partial,lora,full",
+    strategies: Annotated[str, Opt(help="Comma-separated: any of `transferkit strategies` "
+                                        "(scratch: same architecture, random weights), and "
+                                        "no-pretraining baselines: tfidf-logreg, fasttext "
+                                        "(text), pixels-logreg, small-cnn (images), or "
+                                        "'baselines' for those of the data's kind.")
+                          ] = "scratch,baselines,probe,partial,lora,full",
     seeds: Annotated[int, Opt(help="Seeds per cell.")] = 3,
     epochs: Annotated[int, Opt(help="Epochs for strategies that train the backbone.")] = 2,
     out_dir: Annotated[str, Opt("--out", help="Study folder (rerun to resume).")] = "runs/study",

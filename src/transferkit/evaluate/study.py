@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import resource
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -26,8 +27,11 @@ from ..adapt import STRATEGIES
 from ..data.examples import DataReport, Dataset
 from ..data.split import per_class_budget
 from ..errors import ConfigError
+from .baselines import no_pretraining_baselines
 
-BASELINES = ("classic",)  # not a backbone strategy: no pretrained model involved
+# Not backbone strategies: no pretrained model involved (which ones apply depends on the data)
+BASELINES = tuple(sorted({*no_pretraining_baselines("text"), *no_pretraining_baselines("image")}))
+ALL_BASELINES = "baselines"  # in a study's strategies: every baseline of the data's modality
 
 
 @dataclass
@@ -42,15 +46,26 @@ class StudyPlan:
     image_size: int | None = None
     strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def validate(self) -> None:
-        """Refuse an unknown strategy before anything is read or written."""
+    def validate(self, modality: str | None = None) -> None:
+        """Refuse an unknown strategy (or a baseline of another modality) before anything is
+        read or written."""
         from ..config import did_you_mean
 
-        known = sorted([*STRATEGIES, *BASELINES])
+        baselines = sorted(no_pretraining_baselines(modality)) if modality else \
+            [*BASELINES, ALL_BASELINES]
+        known = sorted([*STRATEGIES, *baselines])
         for s in self.strategies:
             if s not in known:
                 raise ConfigError(f"Unknown study strategy '{s}'{did_you_mean(s, known)}. Use "
                                   f"any of: {', '.join(known)}.")
+
+    def resolve(self, modality: str) -> None:
+        """``baselines`` becomes every no-pretraining baseline of the data's modality."""
+        named: list[str] = []
+        for s in self.strategies:
+            named += sorted(no_pretraining_baselines(modality)) if s == ALL_BASELINES else [s]
+        self.strategies = list(dict.fromkeys(named))
+        self.validate(modality)
 
     def cells(self) -> list[tuple[str, int | str, int]]:
         return [(s, b, seed) for seed in self.seeds for b in self.budgets
@@ -75,8 +90,26 @@ def cell_name(strategy: str, budget: int | str, seed: int) -> str:
     return f"{strategy}__{budget}__seed{seed}"
 
 
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _reset_peak_rss() -> bool:
+    """Start a new resident-memory peak for this process (Linux: ``clear_refs`` 5 resets
+    VmHWM), so each cell reports its own peak; False where the OS cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss_mb(reset: bool) -> float:
+    """Peak resident memory since the last reset (else since the process started)."""
+    if reset:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, else KiB
+    return peak / 2 ** 20 if sys.platform == "darwin" else peak / 1024
 
 
 def forward_flops_per_example(backbone: Any, sample: list[Any]) -> float:
@@ -92,57 +125,86 @@ def forward_flops_per_example(backbone: Any, sample: list[Any]) -> float:
 
 def run_cell(strategy: str, data: Dataset, plan: StudyPlan, pristine: Any, seed: int,
              flops_per_example: float, memo: dict | None = None) -> dict[str, Any]:
-    """One real run: fit on the budgeted training set, evaluate on the shared test set."""
+    """One real run: fit on the budgeted training set, evaluate on the shared test set, and
+    say what it cost, the same way for every strategy and baseline."""
+    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
+    own_peak = _reset_peak_rss()
+    start = time.perf_counter()
+    baselines = no_pretraining_baselines(data.modality)
+    if strategy in baselines:
+        out = _baseline_cell(baselines[strategy](data, seed))
+    else:
+        out = _strategy_cell(strategy, data, plan, pristine, seed, flops_per_example, memo)
+    out.update({"n_train": len(data.train), "wall_seconds": time.perf_counter() - start,
+                "peak_rss_mb": _peak_rss_mb(own_peak), "peak_rss_scope":
+                "cell" if own_peak else "process"})
+    if torch.cuda.is_available():
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return out
+
+
+def _baseline_cell(result: dict[str, Any]) -> dict[str, Any]:
+    cost = result.get("cost", {})
+    return {"accuracy": result["metrics"]["accuracy"], "macro_f1": result["metrics"]["macro_f1"],
+            "extract_seconds": 0.0, "train_seconds": result["seconds"],
+            "trainable_params": cost.get("trainable_params"),
+            "total_params": cost.get("total_params"), "train_flops": cost.get("train_flops"),
+            "steps": cost.get("steps"), "examples_seen": cost.get("examples_seen"),
+            "model": result["name"], "pretrained": False, "chosen": result.get("chosen", {})}
+
+
+def _strategy_cell(strategy: str, data: Dataset, plan: StudyPlan, pristine: Any, seed: int,
+                   flops_per_example: float, memo: dict | None) -> dict[str, Any]:
     from ..classifier import Classifier
     from ..train.cache import FeatureCache
-    from .baselines import classic_baseline
 
-    torch.cuda.reset_peak_memory_stats() if torch.cuda.is_available() else None
-    start = time.perf_counter()
-    n_train = len(data.train)
-    if strategy == "classic":
-        result = classic_baseline(data, seed, cnn=True)  # images: a small CNN, not pixels+LR
-        return {"accuracy": result["metrics"]["accuracy"],
-                "macro_f1": result["metrics"]["macro_f1"], "n_train": n_train,
-                "wall_seconds": time.perf_counter() - start, "extract_seconds": 0.0,
-                "train_seconds": result["seconds"], "trainable_params": None,
-                "total_params": None, "train_flops": None, "model": result["name"],
-                "peak_rss_mb": _peak_rss_mb()}
     kind = STRATEGIES[strategy]  # what the strategy says of itself, not its name
-    trains_backbone = not kind.frozen_backbone
     options = {**({"epochs": plan.epochs} if kind.takes_epochs else {}),
                **plan.strategy_options.get(strategy, {})}
-    backbone = copy.deepcopy(pristine) if trains_backbone else pristine
+    backbone = pristine if kind.frozen_backbone else copy.deepcopy(pristine)
     clf = Classifier(backbone, strategy, strategy_options=options, seed=seed,
                      batch_size=plan.batch_size, precision=plan.precision)
     clf.context.cache = FeatureCache()
     clf.context.memo = memo
     clf.fit(data)
-    n_fit_extract = len(clf.context.extraction)
     metrics = clf.evaluate(data)
-    info = clf.fit_info
-    model = clf.model
-    total = sum(p.numel() for p in model.parameters())
-    trainable = info.get("trainable_params", sum(p.numel() for p in model.head.parameters()))
-    epochs = info.get("epochs_completed", 0) if "steps" in info else 0
-    # Estimated training FLOPs, whether or not features came from a cache (the compute is
-    # this cell's either way): one forward pass over the budget (probe features / head
-    # initialisation), then per epoch a forward pass plus a backward pass of about twice the
+    cost = clf.fit_info["cost"]
+    total = cost["total_params"]
+    # Estimated FLOPs, whether or not features came from a cache (the compute is this
+    # cell's either way): one forward pass per example through the backbone for features,
+    # then for every training run a forward pass plus a backward pass of about twice the
     # forward cost for the share of parameters that train.
-    share = trainable / total if total else 0.0
-    flops = flops_per_example * n_train * (1 + epochs * (1 + 2 * share))
-    extracted = sum(s.n for s in clf.context.extraction[:n_fit_extract] if not s.from_cache)
-    out = {
-        "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"], "n_train": n_train,
-        "wall_seconds": time.perf_counter() - start,
+    passes = cost["examples_extracted"] + cost["examples_from_cache"] + sum(
+        p["examples_seen"] * (1 + 2 * p["trainable_params"] / total) for p in cost["phases"])
+    return {
+        "accuracy": metrics["accuracy"], "macro_f1": metrics["macro_f1"],
         "extract_seconds": clf.timings.get("extract", 0.0),
-        "train_seconds": clf.timings.get("fit_head", 0.0), "trainable_params": int(trainable),
-        "total_params": int(total), "train_flops": float(flops), "model": strategy,
-        "peak_rss_mb": _peak_rss_mb(), "features_from_cache": extracted == 0,
+        "train_seconds": clf.timings.get("fit_head", 0.0),
+        "trainable_params": int(cost["trainable_params"]), "total_params": int(total),
+        "train_flops": float(flops_per_example * passes), "steps": cost["steps"],
+        "examples_seen": cost["examples_seen"], "training_runs": cost["training_runs"],
+        "model": strategy, "pretrained": kind.pretrained,
+        "features_from_cache": cost["examples_extracted"] == 0,
     }
-    if torch.cuda.is_available():
-        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return out
+
+
+def provenance(plan: StudyPlan) -> dict[str, Any]:
+    """What a number can be traced to: the code, the libraries and the whole resolved plan."""
+    import platform
+    from dataclasses import asdict
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .._version import __version__, git_commit
+
+    versions = {"python": platform.python_version()}
+    for package in ("torch", "transformers", "timm", "scikit-learn", "numpy", "peft"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return {"transferkit": __version__, "commit": git_commit(), "versions": versions,
+            "plan": asdict(plan), "machine": platform.machine(),
+            "cpu_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available()}
 
 
 def run_study(data: Dataset, plan: StudyPlan, out: Path,
@@ -155,8 +217,8 @@ def run_study(data: Dataset, plan: StudyPlan, out: Path,
     from ..backbones import load_backbone
     from .study_report import summarise, write_study_report
 
-    plan.validate()
-    needs_backbone = any(s not in BASELINES for s in plan.strategies)
+    plan.resolve(data.modality)
+    needs_backbone = any(s in STRATEGIES for s in plan.strategies)
     pristine = load_backbone(plan.backbone, image_size=plan.image_size) if needs_backbone \
         else None
     if claim_out is not None:
@@ -210,5 +272,6 @@ def run_study(data: Dataset, plan: StudyPlan, out: Path,
     cells = [json.loads((cells_dir / f"{cell_name(*c)}.json").read_text()) for c in todo]
     summary = summarise(cells, plan, data)
     summary["shared_extraction_seconds"] = shared_seconds
+    summary["provenance"] = provenance(plan)
     write_study_report(out, summary)
     return summary

@@ -15,7 +15,6 @@ from ..data.examples import Dataset
 from .report import _env, _png
 
 TARGETS = (0.90, 0.95)
-SCRATCH_LIKE = ("scratch", "classic")
 
 
 class CellRecord(BaseModel):
@@ -33,7 +32,11 @@ class CellRecord(BaseModel):
     trainable_params: int | None
     total_params: int | None
     train_flops: float | None
+    steps: int | None = None
+    examples_seen: int | None = None
+    pretrained: bool = True
     peak_rss_mb: float
+    peak_rss_scope: str = "process"
 
 
 class StudySummary(BaseModel):
@@ -51,7 +54,12 @@ class StudySummary(BaseModel):
     best_per_budget: dict[str, str]
     headline: list[str]
     cells: list[CellRecord]
+    no_pretraining: list[str] = []
+    best_no_pretraining: dict[str, dict[str, Any]] = {}
+    best_no_pretraining_to_target: dict[str, float | None] = {}
+    no_gain_budgets: list[str] = []
     shared_extraction_seconds: float = 0.0
+    provenance: dict[str, Any] = {}
 
 
 def _x(budget: int | str, data: Dataset) -> float:
@@ -76,6 +84,7 @@ def labels_to_reach(xs: list[float], ys: list[float], target: float) -> float | 
 
 def summarise(cells: list[dict[str, Any]], plan: Any, data: Dataset) -> dict[str, Any]:
     xs = {str(b): _x(b, data) for b in plan.budgets}
+    pretrained = {c["strategy"]: c.get("pretrained", True) for c in cells}
     order = sorted(plan.budgets, key=lambda b: xs[str(b)])
     curves: dict[str, dict[str, dict[str, float]]] = {}
     for s in plan.strategies:
@@ -100,44 +109,63 @@ def summarise(cells: list[dict[str, Any]], plan: Any, data: Dataset) -> dict[str
             [p["x"] for p in pts], [p["accuracy_mean"] for p in pts], t * best)
             for t in TARGETS}
     max_x = max(xs.values())
+    # Pretraining is compared with the best one can do without it *at each budget*: the
+    # envelope of every no-pretraining curve (scratch and the baselines), never the weakest.
+    reference = [s for s in curves if not pretrained.get(s, True)]
+    envelope: dict[str, dict[str, Any]] = {}
+    for b in order:
+        rows = [(curves[r][str(b)]["accuracy_mean"], r) for r in reference if str(b) in curves[r]]
+        if rows:
+            score, who = max(rows)
+            envelope[str(b)] = {"x": xs[str(b)], "accuracy_mean": score, "baseline": who}
+    pts = list(envelope.values())
+    envelope_to_target = {f"{int(t * 100)}%": labels_to_reach(
+        [p["x"] for p in pts], [p["accuracy_mean"] for p in pts], t * best) for t in TARGETS}
     savings: dict[str, dict[str, dict[str, Any]]] = {}
     for s in curves:
-        if s in SCRATCH_LIKE:
+        if s in reference or not envelope:
             continue
         savings[s] = {}
-        for ref in SCRATCH_LIKE:
-            if ref not in curves:
+        for t, ours in to_target[s].items():
+            if ours is None:
                 continue
-            for t in to_target[s]:
-                ours, theirs = to_target[s][t], to_target[ref][t]
-                if ours is None:
-                    continue
-                entry = {"ratio": (theirs if theirs is not None else max_x) / ours,
-                         "lower_bound": theirs is None}
-                savings[s][f"{t} vs {ref}"] = entry
+            theirs = envelope_to_target[t]
+            savings[s][t] = {"ratio": (theirs if theirs is not None else max_x) / ours,
+                             "lower_bound": theirs is None, "labels": ours,
+                             "baseline_labels": theirs}
     best_per_budget = {str(b): max((s for s in curves if str(b) in curves[s]),
                                    key=lambda s, b=b: curves[s][str(b)]["accuracy_mean"])
                        for b in order}
+    # where transfer does not pay: budgets at which no pretrained strategy beats the envelope
+    no_gain = [str(b) for b in order if str(b) in envelope and not any(
+        curves[s][str(b)]["accuracy_mean"] > envelope[str(b)]["accuracy_mean"]
+        for s in curves if s not in reference and str(b) in curves[s])]
+    target_of = "the best full-data accuracy" if top == "all" else \
+        f"the best accuracy at {top} labels per class"
     headline = []
     for s in curves:
-        if s in SCRATCH_LIKE or to_target[s]["90%"] is None:
+        if s in reference or to_target[s]["90%"] is None:
             continue
-        reference = "the best full-data accuracy" if top == "all" else \
-            f"the best accuracy at {top} labels per class"
-        line = (f"{s}: reaches 90% of {reference} ({best:.3f}) with "
+        line = (f"{s}: reaches 90% of {target_of} ({best:.3f}) with "
                 f"{to_target[s]['90%']:.0f} labels per class")
-        vs = savings[s].get("90% vs scratch") or savings[s].get("90% vs classic")
+        vs = savings[s].get("90%")
         if vs:
-            ref = "scratch" if "90% vs scratch" in savings[s] else "classic"
             more = "more than " if vs["lower_bound"] else ""
-            line += f": {more}×{vs['ratio']:.0f} fewer labels than {ref}"
+            line += (f": {more}×{vs['ratio']:.1f} fewer labels than the best no-pretraining "
+                     "baseline at each budget")
         headline.append(line)
+    for b in no_gain:
+        headline.append(f"at {b} labels per class transfer does not pay: "
+                        f"{envelope[b]['baseline']} ({envelope[b]['accuracy_mean']:.3f}) is "
+                        "level with or above every pretrained strategy")
     summary = {
         "backbone": plan.backbone, "budgets": plan.budgets, "strategies": plan.strategies,
         "seeds": plan.seeds, "classes": data.classes, "n_test": len(data.test),
         "x_labels_per_class": xs, "curves": curves, "best_full_score": best,
         "labels_to_target": to_target, "savings": savings, "best_per_budget": best_per_budget,
-        "headline": headline, "cells": cells,
+        "headline": headline, "cells": cells, "no_pretraining": reference,
+        "best_no_pretraining": envelope, "best_no_pretraining_to_target": envelope_to_target,
+        "no_gain_budgets": no_gain,
     }
     return summary
 

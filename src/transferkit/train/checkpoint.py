@@ -30,6 +30,7 @@ class TrainState:
     best_step: int = 0
     bad_evals: int = 0
     stopped_early: bool = False
+    examples_seen: int = 0  # training examples through forward and backward (this process)
     history: list[dict[str, Any]] = field(default_factory=list)
 
 

@@ -87,6 +87,8 @@ class RunSettings:
     checkpoint_dir: Path | None = None
     resume: bool = False
     progress: Callable[..., None] | None = None
+    #: each finished training run appends its cost here (steps, examples seen, parameters)
+    phases: list[dict[str, Any]] | None = None
 
     @classmethod
     def of(cls, context: Any, **changes: Any) -> RunSettings:

@@ -111,13 +111,20 @@ class Trainer:
         self.unwrapped.eval()
         acc.wait_for_everyone()
         self.checkpoints.clear()
-        return {
+        result = {
             "steps": state.global_step, "epochs_completed": state.epoch,
+            "examples_seen": state.examples_seen * acc.num_processes,
+            "trainable_params": sum(p.numel() for g in self.groups for p in g.params),
+            "total_params": sum(p.numel() for p in self.unwrapped.parameters()),
             "best_step": state.best_step, "best_valid": state.best_metric,
             "metric": self.metric, "stopped_early": state.stopped_early,
             "precision": self.precision, "train_seconds": time.perf_counter() - self.start,
             "processes": acc.num_processes, **started, "epoch_seconds": self.epoch_seconds,
         }
+        if self.run.phases is not None:  # the caller's record of what fitting cost
+            self.run.phases.append({k: result[k] for k in (
+                "steps", "examples_seen", "trainable_params", "total_params", "train_seconds")})
+        return result
 
     def _setup(self) -> dict[str, Any]:
         """Everything before the first step, in the order exact resume relies on: the
@@ -193,6 +200,7 @@ class Trainer:
                 continue  # resumed: these batches were trained before the interruption
             loss = self._step(idx).item()
             state.batch_in_epoch = b + 1
+            state.examples_seen += len(idx)
             running, running_n = running + loss, running_n + 1
             if not acc.sync_gradients:
                 continue

@@ -68,13 +68,7 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
                 max_bad_fraction=config.max_bad_fraction, label_delimiter=config.label_delimiter,
                 max_text_chars=config.max_text_chars,
             )
-        clf = Classifier(
-            config.backbone, config.strategy, strategy_options=config.strategy_options,
-            pooling=config.pooling, max_length=config.max_length, image_size=config.image_size,
-            seed=config.seed, batch_size=config.batch_size, precision=config.precision,
-            device=config.device, cache=config.cache,
-            trust_remote_code=config.trust_remote_code,
-        )
+        clf = _classifier(config)
         clf.context.progress = progress
         clf.context.run_dir = stage
         clf.context.checkpoint_dir = checkpoint_dir_for(out)
@@ -115,11 +109,20 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
                      data_lines=data.report.lines())
 
 
+def _classifier(config: FitConfig) -> Classifier:
+    """An unfitted Classifier of ``config``: its backbone loads pristine, as published."""
+    return Classifier(
+        config.backbone, config.strategy, strategy_options=config.strategy_options,
+        pooling=config.pooling, max_length=config.max_length, image_size=config.image_size,
+        seed=config.seed, batch_size=config.batch_size, precision=config.precision,
+        device=config.device, cache=config.cache, trust_remote_code=config.trust_remote_code)
+
+
 def compare_with_baseline(config: FitConfig, data: Dataset, clf: Classifier,
                           metrics: dict[str, Any]) -> list[dict[str, Any]]:
     """Rows for the report: this run and a no-pretraining baseline on the same test split, at
     full data and at each of ``config.compare_budgets`` labels per class (features come from
-    the cache, so each extra budget costs only a head fit)."""
+    the cache, so for a probe each extra budget costs only a head fit)."""
 
     ours = f"{config.backbone} + {config.strategy}"
     rows = [{"name": ours, "n_train": len(data.train), "accuracy": metrics["accuracy"],
@@ -131,11 +134,8 @@ def compare_with_baseline(config: FitConfig, data: Dataset, clf: Classifier,
     for budget in sorted(config.compare_budgets):
         small = replace(data, train=per_class_budget(data.train, budget, config.seed,
                                                      data.report.__class__()))
-        small_clf = Classifier(clf.model.backbone, config.strategy,
-                               strategy_options=config.strategy_options, seed=config.seed,
-                               batch_size=config.batch_size, precision=config.precision,
-                               device=config.device, cache=config.cache)
-        small_clf.fit(small)
+        # from the pristine backbone: the fitted one has already seen every label
+        small_clf = _classifier(config).fit(small)
         m = small_clf.evaluate(small)
         rows.append({"name": f"{ours}, {budget}/class", "n_train": len(small.train),
                      "accuracy": m["accuracy"], "macro_f1": m["macro_f1"],

@@ -18,7 +18,7 @@ from .fit import Progress
 def study(
     train: str | Path, *, test: str | Path | None = None, valid: str | Path | None = None,
     backbone: str = "minilm", budgets: str | list[int | str] = "8,32,128,512,all",
-    strategies: str | list[str] = "scratch,classic,probe,partial,lora,full", seeds: int = 3,
+    strategies: str | list[str] = "scratch,baselines,probe,partial,lora,full", seeds: int = 3,
     out: str | Path = "runs/study", epochs: int = 2, text_column: str | None = None,
     label_column: str | None = None, image_size: int | None = None, precision: str = "auto",
     batch_size: int = 32, seed: int = 0, overwrite: bool = False,
@@ -44,6 +44,7 @@ def study(
                           f"run (its strategies: {', '.join(plan.strategies)}).")
     data = load_data(train, valid, test, text_column=text_column, label_column=label_column,
                      seed=seed)
+    plan.resolve(data.modality)
     identity = {"data": data.train.fingerprint() + data.test.fingerprint(),
                 "backbone": backbone, "epochs": epochs, "image_size": image_size,
                 "precision": precision, "batch_size": batch_size}

@@ -47,6 +47,8 @@ def predict(
     inputs: Annotated[str, typer.Argument(help="File or folder to predict (labels optional).")],
     output: Annotated[Path, Opt(help="CSV to write: row, input, label, prob_<class>...")],
     text_column: Annotated[str | None, Opt(help="Text column.")] = None,
+    max_text_chars: Annotated[int, Opt(help="Texts longer than this many characters are not "
+                                            "predicted; their row says why.")] = 100_000,
     batch_size: Annotated[int, Opt(help="Batch size.")] = 32,
     engine: Annotated[str, Opt(help="torch, or onnx (ONNX Runtime on CPU, no torch needed; "
                                     "run `transferkit export RUN --onnx` first).")] = "torch",
@@ -78,7 +80,8 @@ def predict(
     else:
         model = load_engine(run, engine, int8=int8, precision=precision, batch_size=batch_size)
     path, n_ok, n_bad = predict_file(model, inputs, output, text_column=text_column,
-                                     overwrite=overwrite, inputs=inputs_used)
+                                     overwrite=overwrite, inputs=inputs_used,
+                                     max_text_chars=max_text_chars)
     skipped = f" ({n_bad} unreadable rows left with an empty label)" if n_bad else ""
     out.print(f"{n_ok} predictions written to {path}{skipped}")
 

@@ -139,7 +139,8 @@ def test_small_cnn_trains_with_augmentation_and_reports_its_cost():
     assert result["name"] == "small CNN from scratch"
     assert cost["steps"] > 0 and cost["examples_seen"] >= 16 and cost["train_flops"] > 0
     assert cost["trainable_params"] == cost["total_params"] > 0
-    assert result["chosen"]["lr"] in (3e-4, 1e-3, 3e-3) and 1 <= result["chosen"]["epochs"] <= 3
+    # a tuning trial gets at least MIN_CAP_STEPS steps however small the cap: tiny epochs
+    assert result["chosen"]["lr"] in (3e-4, 1e-3, 3e-3) and result["chosen"]["epochs"] >= 1
     assert set(result) >= {"name", "metrics", "seconds", "n_train", "cost", "chosen"}
 
 

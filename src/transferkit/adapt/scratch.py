@@ -17,7 +17,7 @@ import torch
 
 from ..data.examples import Dataset
 from ..train.config import LOWER_IS_BETTER
-from ..train.recipe import Trial, TrialPlan, run_recipe
+from ..train.recipe import Trial, TrialPlan, run_recipe, trial_budget
 from .base import FitContext, label_indices, register
 from .finetune import FineTuneStrategy
 from .model import TransferModel
@@ -66,8 +66,8 @@ class Scratch(FineTuneStrategy):
 
         def train_one(plan: TrialPlan) -> Trial:
             self._seed = plan.seed
-            self.train_config = replace(base, lr=plan.lr, epochs=plan.epochs,
-                                        patience=plan.patience)
+            epochs, patience = trial_budget(plan, ctx.batch_size)
+            self.train_config = replace(base, lr=plan.lr, epochs=epochs, patience=patience)
             valid = None if plan.valid_idx is None else train.subset(list(plan.valid_idx))
             result = self.fit_on(model, train.subset(list(plan.train_idx)), valid, data, ctx,
                                  self.train_config)

@@ -217,8 +217,9 @@ def run_recipe(train_one: TrainOne, labels: np.ndarray, *, lrs: Sequence[float],
     # still better trained a little than not at all
     epochs = max(1, trials[best_i].best_epoch)
     notes = [carve.note] if carve.note else []
-    if trials[best_i].best_epoch >= cap:
-        notes.append(f"the chosen run was still improving at its {cap}-epoch cap")
+    if trials[best_i].best_epoch >= trials[best_i].epochs:  # its last epoch was its best
+        notes.append(f"the chosen run was still improving at its {trials[best_i].epochs}-epoch "
+                     "cap")
     final = train_one(TrialPlan(lrs[best_i], np.arange(len(labels)), None, epochs, None, seed))
     runs = [*trials, final]
     trainable, total = _params(final.model)

@@ -148,7 +148,7 @@ def summarise(cells: list[dict[str, Any]], plan: Any, data: Dataset) -> dict[str
             continue
         line = (f"{s}: reaches 90% of {target_of} ({best:.3f}) with "
                 f"{to_target[s]['90%']:.0f} labels per class")
-        vs = savings[s].get("90%")
+        vs = savings.get(s, {}).get("90%")
         if vs:
             more = "more than " if vs["lower_bound"] else ""
             line += (f": {more}×{vs['ratio']:.1f} fewer labels than the best no-pretraining "

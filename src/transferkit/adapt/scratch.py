@@ -16,7 +16,6 @@ from typing import Any, ClassVar, Literal
 import torch
 
 from ..data.examples import Dataset
-from ..train.config import LOWER_IS_BETTER
 from ..train.recipe import Trial, TrialPlan, run_recipe, trial_budget
 from .base import FitContext, label_indices, register
 from .finetune import FineTuneStrategy
@@ -72,13 +71,8 @@ class Scratch(FineTuneStrategy):
             result = self.fit_on(model, train.subset(list(plan.train_idx)), valid, data, ctx,
                                  self.train_config)
             last.update(result)
-            per_epoch = max(1, result["steps"] // max(1, result["epochs_completed"]))
-            best = result["best_valid"]
-            return Trial(model=model, metric=result["metric"], best_score=best,
-                         best_epoch=(result["best_step"] or 0) // per_epoch,
-                         epochs=result["epochs_completed"], steps=result["steps"],
-                         examples_seen=result["examples_seen"],
-                         best_loss=best if result["metric"] in LOWER_IS_BETTER else None)
+            return Trial.from_fit(model, result, len(plan.train_idx),
+                                  0 if valid is None else len(valid))
 
         try:
             fitted = run_recipe(train_one, label_indices(train, model.classes),

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 DATA   ?= ../shared/data
 
-.PHONY: setup demo test bench lint clean study-demo study-images options
+.PHONY: setup demo test bench lint clean study-demo study-images options zoo
 
 setup: $(STAMP)
 
@@ -28,6 +28,10 @@ demo: setup
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Every backbone of the offline zoo (about 700 MB: MPNet alone is 440 MB once reassembled).
+zoo: setup
+	$(BIN)/transferkit models --install zoo
 
 # After changing a strategy's options: refresh the snapshot the CLI's flags and help read.
 options: setup

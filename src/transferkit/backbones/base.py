@@ -24,6 +24,9 @@ class Backbone(nn.Module):
 
     modality: str = ""
     feature_dim: int = 0
+    #: its weights cannot be trained here (a numpy model, static word vectors): only the
+    #: strategies that keep the backbone frozen take it (probe, prototypes, ranking)
+    frozen_only: bool = False
 
     def __init__(self, source: str, resolved: str) -> None:
         super().__init__()
@@ -62,6 +65,17 @@ class Backbone(nn.Module):
     def cost(self, prepared_item: Any) -> int:
         """Relative compute cost of one prepared example (token count for text)."""
         return 0
+
+    def source_logits(self, features: torch.Tensor) -> torch.Tensor | None:
+        """Logits of the classifier the backbone was pretrained with (ImageNet's 1000 classes)
+        for pooled ``features``, or None when it has none. Transferability scores that need
+        source-label predictions (LEEP, NCE) use it."""
+        return None
+
+    def parameter_count(self) -> int:
+        """Number of weights (the target-blind "bigger model first" ranking uses it);
+        backbones whose weights are not torch parameters override it."""
+        return sum(p.numel() for p in self.parameters())
 
     # -- derived ----------------------------------------------------------------------------
     @property

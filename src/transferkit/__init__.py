@@ -7,9 +7,10 @@ from ._version import __version__, git_commit
 # Imported on first use (PEP 562): `import transferkit` stays cheap, and torch-free paths
 # (the ONNX engine, the server with --engine onnx) never pull torch in through this module.
 _LAZY = {"Classifier": "classifier", "fit_run": "workflows", "study": "workflows",
-         "pretrain": "workflows", "load_data": "data"}
+         "pretrain": "workflows", "rank": "workflows", "load_data": "data"}
 
-__all__ = ["Classifier", "__version__", "fit_run", "git_commit", "load_data", "pretrain", "study"]
+__all__ = ["Classifier", "__version__", "fit_run", "git_commit", "load_data", "pretrain", "rank",
+           "study"]
 
 
 def __getattr__(name: str):

@@ -17,6 +17,7 @@ import torch
 from . import __version__
 from ._outputs import staged_output
 from .adapt import FitContext, TransferModel, fit_cost, get_strategy, label_indices
+from .adapt.base import frozen_only_choices
 from .artifact.store import load_model, save_model
 from .backbones import Backbone, load_backbone
 from .data import DataReport, Dataset, Examples, issue_summary, load_data, load_examples
@@ -78,6 +79,12 @@ class Classifier:
                 f"Backbone '{backbone.source}' is a {backbone.modality} model but the data is "
                 f"{data.modality}. Pick a {data.modality} backbone (`transferkit models`)."
             )
+        if backbone.frozen_only and self.strategy.trains_backbone():
+            raise ConfigError(
+                f"Backbone '{backbone.source}' can only be used frozen (its weights are not "
+                f"trainable here), and strategy '{self.strategy.name}' would train it. Use one "
+                f"of: {frozen_only_choices()}; or pick a trainable backbone "
+                "(`transferkit models`).")
         self.timings["load_backbone"] = time.perf_counter() - start
         self.model = TransferModel(backbone, data.classes)
         n_extract, n_phases = len(self.context.extraction), len(self.context.phases)

@@ -35,7 +35,8 @@ class FitConfig(BaseModel):
     strict: bool = False
     max_bad_fraction: float = Field(default=0.2, ge=0, le=1)
     max_text_chars: int = Field(default=100_000, ge=1)  # longer texts are reported bad rows
-    backbone: str = "minilm"
+    backbone: str = "minilm"  # "auto": rank the candidates and fit the best
+    candidates: list[str] | None = None  # with backbone "auto" (default: every installed one)
     trust_remote_code: bool = False  # run code shipped with the backbone (explicit only)
     pooling: Literal["mean", "cls", "max", "last"] | None = None
     max_length: int | None = Field(default=None, ge=1)

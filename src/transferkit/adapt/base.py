@@ -47,12 +47,16 @@ class FitContext:
 
             table = self.memo.setdefault((model.backbone.fingerprint, self.precision), {})
             digests = [hashlib.sha1(_content_bytes(x)).digest() for x in examples.inputs]
-            if digests and all(d in table for d in digests):
-                self.extraction.append(ExtractionStats(n=len(digests), from_cache=True))
-                return np.stack([table[d] for d in digests])
-            feats = self._extract(model, examples, stage)
-            table.update(zip(digests, feats, strict=True))
-            return feats
+            missing = [i for i, d in enumerate(digests) if d not in table]
+            if len(missing) < len(digests):  # extract only what no earlier call did
+                self.extraction.append(ExtractionStats(n=len(digests) - len(missing),
+                                                       from_cache=True))
+            if missing:
+                feats = self._extract(model, examples.subset(missing), stage)
+                table.update(zip([digests[i] for i in missing], feats, strict=True))
+            if not digests:
+                return self._extract(model, examples, stage)
+            return np.stack([table[d] for d in digests])
         return self._extract(model, examples, stage)
 
     def _extract(self, model: TransferModel, examples: Examples, stage: str) -> np.ndarray:
@@ -109,6 +113,19 @@ class Strategy:
 
     def options(self) -> dict[str, Any]:
         return {}
+
+    def trains_backbone(self) -> bool:
+        """Whether this fit, with these options, changes the backbone's weights (a frozen-only
+        backbone, such as static word vectors, can only be given to one that does not)."""
+        return not self.frozen_backbone
+
+
+def frozen_only_choices() -> str:
+    """The strategies (and option settings) that take a frozen-only backbone, for messages."""
+    names = [name for name, cls in STRATEGIES.items() if cls.frozen_backbone]
+    names += [f"{name} ({how})" for name, cls in STRATEGIES.items()
+              if (how := getattr(cls, "frozen_with", None))]
+    return ", ".join(names)
 
 
 STRATEGIES: dict[str, type[Strategy]] = {}

@@ -219,6 +219,8 @@ class Protonet(Strategy):
     """
 
     keeps_prototypes = True
+    #: how it runs on a frozen-only backbone: prototypes of the raw features
+    frozen_with: ClassVar[str] = "--no-meta-train"
 
     name = "protonet"
 
@@ -255,6 +257,9 @@ class Protonet(Strategy):
         self.valid_episodes, self.train_options = valid_episodes, train_options
         self.freeze_batchnorm = freeze_batchnorm
         TrainConfig(**{"lr": 5e-5, **train_options}).validate()
+
+    def trains_backbone(self) -> bool:
+        return self.meta_train
 
     def options(self) -> dict[str, Any]:
         return {"n_way": self.n_way, "k_shot": self.k_shot, "n_query": self.n_query,

@@ -28,8 +28,12 @@ def fit(
     test: Annotated[str | None, Opt(
         help="Test data. Without it a stratified --test-size part of TRAIN is held out.")] = None,
     backbone: Annotated[str | None, Opt(
-        help="Alias (see `transferkit models`), local folder, timm name or HF id. "
+        help="Alias (see `transferkit models`), local folder, timm name or HF id; 'auto' "
+             "ranks the --candidates on the data (`transferkit rank`) and fits the best. "
              "[default: minilm]")] = None,
+    candidates: Annotated[str | None, Opt(
+        help="With --backbone auto: comma-separated backbones to rank. [default: every "
+             "installed backbone of the data's kind]")] = None,
     strategy: Annotated[str | None, Opt(help="How to adapt the backbone: "
                                          f"{', '.join(STRATEGY_NAMES)}. [default: probe]")
                         ] = None,
@@ -96,6 +100,8 @@ def fit(
         strict=strict, max_text_chars=max_text_chars, compare_baseline=baseline,
         overwrite=overwrite,
         cache=False if no_cache else None, trust_remote_code=True if trust_remote_code else None,
+        candidates=[c.strip() for c in candidates.split(",") if c.strip()] if candidates
+        else None,
     )
     given = {**parse_options(option), **(strategy_flags or {})}
     if given:

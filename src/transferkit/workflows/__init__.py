@@ -5,7 +5,10 @@ from __future__ import annotations
 from .demo import run_demo, write_examples
 from .fit import RunResult, compare_with_baseline, fit_run
 from .pretrain import pretrain, pretrain_run
+from .rank import RankResult, rank_run
 from .study import study
 
-__all__ = ["RunResult", "compare_with_baseline", "fit_run", "pretrain", "pretrain_run",
-           "run_demo", "study", "write_examples"]
+rank = rank_run  # transferkit.rank(...): the public name of the workflow
+
+__all__ = ["RankResult", "RunResult", "compare_with_baseline", "fit_run", "pretrain",
+           "pretrain_run", "rank", "rank_run", "run_demo", "study", "write_examples"]

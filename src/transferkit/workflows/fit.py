@@ -16,7 +16,7 @@ import torch
 from .. import __version__, git_commit
 from .._io import write_json, write_text
 from .._outputs import checkpoint_dir_for, fresh_run_dir, staged_output
-from ..adapt import get_strategy
+from ..adapt import FitContext, get_strategy
 from ..artifact.store import save_model
 from ..classifier import Classifier
 from ..config import FitConfig, dump_yaml
@@ -25,8 +25,12 @@ from ..data.split import per_class_budget
 from ..errors import ConfigError
 from ..evaluate.baselines import classic_baseline
 from ..evaluate.report import write_model_card, write_run_report
+from ..select.rank import Ranking, rank
+from ..train.cache import FeatureCache
+from ..train.device import resolve_device
 
 log = logging.getLogger("transferkit")
+AUTO = "auto"  # --backbone auto: rank the candidates, fit the best
 Progress = Callable[..., None]  # (stage, done, total, **extra: loss, lr, best)
 
 
@@ -45,6 +49,9 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
     """Everything ``transferkit fit`` does: data -> fit -> evaluate -> artifact + report."""
     start = time.perf_counter()
     get_strategy(config.strategy, config.strategy_options)  # bad options: before any reading
+    if config.candidates and config.backbone != AUTO:
+        raise ConfigError(f"--candidates is for --backbone auto (it names the backbones to "
+                          f"rank); the backbone here is '{config.backbone}'. Drop one of them.")
     if config.out is None:
         if "RANK" in os.environ:  # each process would pick its own time-stamped folder
             raise ConfigError("Under torchrun / accelerate launch pass --out: every process "
@@ -68,7 +75,13 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
                 max_bad_fraction=config.max_bad_fraction, label_delimiter=config.label_delimiter,
                 max_text_chars=config.max_text_chars,
             )
+        ranking = None
+        if config.backbone == AUTO:
+            ranking, config, memo = _choose_backbone(config, data, progress)
         clf = _classifier(config)
+        if ranking is not None:  # the ranked candidates' features serve the fit
+            clf.context.memo = memo
+            write_json(stage / "rank.json", ranking.to_dict())
         clf.context.progress = progress
         clf.context.run_dir = stage
         clf.context.checkpoint_dir = checkpoint_dir_for(out)
@@ -97,7 +110,8 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
         }
         context = {"metrics": metrics, "run": run, "data": data.summary(),
                    "backbone": model.backbone.describe(), "comparison": comparison,
-                   "labels": model.classes}
+                   "labels": model.classes,
+                   "ranking": ranking.to_dict() if ranking is not None else None}
         write_run_report(stage, context)
         write_model_card(stage, "model_card.md.j2", **context)
         write_text(stage / "run.yaml", dump_yaml(config))
@@ -107,6 +121,30 @@ def fit_run(config: FitConfig, progress: Progress | None = None,
     return RunResult(out=out, metrics=metrics, report=out / "report.html",
                      comparison=comparison, timings={**clf.timings, "total": run["total_seconds"]},
                      data_lines=data.report.lines())
+
+
+def _choose_backbone(config: FitConfig, data: Dataset, progress: Progress | None
+                     ) -> tuple[Ranking, FitConfig, dict]:
+    """``--backbone auto``: rank the candidates on the training data, then fit the best one
+    the strategy can use (a strategy that trains the backbone skips frozen-only ones)."""
+    ctx = FitContext(seed=config.seed, batch_size=config.batch_size,
+                     precision=config.precision, device=resolve_device(config.device),
+                     cache=FeatureCache() if config.cache else None, memo={})
+    ranking = rank(data, config.candidates, seed=config.seed, image_size=config.image_size,
+                   max_length=config.max_length, context=ctx, progress=progress)
+    best = ranking.best  # raises, naming each candidate's error, when none could be scored
+    trains = get_strategy(config.strategy, config.strategy_options).trains_backbone()
+    usable = [c for c in ranking.candidates
+              if c.error is None and not (trains and c.frozen_only)]
+    if not usable:
+        raise ConfigError(
+            f"Every ranked candidate can only be used frozen, and strategy "
+            f"'{config.strategy}' trains the backbone. Name trainable candidates with "
+            "--candidates, or use a strategy that keeps the backbone frozen.")
+    chosen = usable[0].name
+    log.info("--backbone auto: fitting %s (first by %s: %s) among %s", chosen, ranking.score,
+             best.name, ", ".join(c.name for c in ranking.candidates))
+    return ranking, config.model_copy(update={"backbone": chosen}), ctx.memo or {}
 
 
 def _classifier(config: FitConfig) -> Classifier:

@@ -15,11 +15,8 @@ change on the run's test split. Everything is built in a staging folder and move
 from __future__ import annotations
 
 import copy
-import logging
 import re
 import time
-import warnings
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +30,13 @@ from ..artifact.schema import ArtifactConfig
 from ..backbones.text import position_limit
 from ..data.examples import Examples
 from ..errors import ArtifactError, ConfigError, TransferkitError
+from ..train.cache import extract_features
+from ..train.onnx_features import EXPORTERS, export_graph, make_exportable
+from ..train.onnx_features import quiet as _quiet
 from .onnx_runtime import EXPORT_FILE, FP32_FILE, INT8_FILE, ONNX_DIR, OnnxEngine
 
 PARITY_TOLERANCE = 1e-4
 PARITY_EXAMPLES = 60
-OPSET = 17  # TorchScript exporter
-DYNAMO_OPSET = 18  # the lowest the dynamo exporter writes natively
 CARD_START = "<!-- transferkit:onnx -->"
 CARD_END = "<!-- /transferkit:onnx -->"
 
@@ -57,77 +55,12 @@ class _ProbabilityGraph(nn.Module):
         return torch.sigmoid(logits) if self.multilabel else torch.softmax(logits, dim=-1)
 
 
-@contextmanager
-def _quiet():
-    """Tracer and quantiser chatter (shape-specialisation notes, 'consider pre-processing')
-    is for exporter developers; the parity check is what tells the user the export is right."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
 def _exportable(model: nn.Module) -> nn.Module:
-    """A copy with LoRA merged and eager attention: the TorchScript exporter traces eager
-    attention into plain MatMul/Softmax, which ran faster in ORT than the SDPA graph."""
-    from peft import PeftModel
-
+    """A float32 eval copy whose backbone has LoRA merged and eager attention (the backbone
+    part is shared with the feature extractor's export: ``train.onnx_features``)."""
     model = copy.deepcopy(model).float().eval()
-    inner = model.backbone.model
-    if isinstance(inner, PeftModel):
-        model.backbone.model = inner = inner.merge_and_unload()
-    if hasattr(inner, "set_attn_implementation"):
-        try:
-            inner.set_attn_implementation("eager")
-        except (ValueError, AttributeError, NotImplementedError):
-            pass
+    make_exportable(model.backbone)
     return model
-
-
-EXPORTERS = ("auto", "torchscript", "dynamo")
-
-
-def _export_graph(graph: nn.Module, sample: dict[str, torch.Tensor], path: Path,
-                  text: bool, exporter: str = "auto") -> tuple[str, int]:
-    """Write the graph with the TorchScript exporter (its eager-attention graph ran ~25%
-    faster in ORT than the dynamo exporter's on MiniLM), or the dynamo one if that fails.
-    Returns (exporter used, opset)."""
-    names = list(sample)
-    args = tuple(sample[n] for n in names)
-    errors: list[str] = []
-
-    def torchscript() -> int:
-        axes = {n: ({0: "batch", 1: "sequence"} if text else {0: "batch"}) for n in names}
-        axes["probabilities"] = {0: "batch"}
-        torch.onnx.export(graph, args, str(path), input_names=names,
-                          output_names=["probabilities"], dynamic_axes=axes,
-                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
-        return OPSET
-
-    def dynamo() -> int:
-        batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", min=1)
-        shapes = tuple({0: batch, 1: seq} if text else {0: batch} for _ in names)
-        torch.onnx.export(graph, args, str(path), input_names=names,
-                          output_names=["probabilities"], dynamic_shapes=(shapes,),
-                          opset_version=DYNAMO_OPSET, dynamo=True, external_data=False,
-                          verbose=False)
-        return DYNAMO_OPSET
-
-    chosen = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
-    for name in chosen:
-        try:
-            with torch.inference_mode(False), torch.no_grad(), _quiet():
-                return name, (torchscript if name == "torchscript" else dynamo)()
-        except Exception as e:  # noqa: BLE001 - any tracing failure: try the next exporter
-            path.unlink(missing_ok=True)
-            errors.append(f"{name}: {str(e).splitlines()[0][:300] if str(e) else type(e)}")
-    raise ArtifactError(f"ONNX export failed ({'; '.join(errors)}). The dynamo exporter needs "
-                        "`pip install onnxscript`; please report the model if both fail.")
 
 
 def _run_test_split(
@@ -247,8 +180,8 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, overwrite: bool = Fa
 
     with staged_output(target, overwrite=True) as stage:
         onnx_path = stage / FP32_FILE
-        info["exporter"], info["opset"] = _export_graph(graph, sample, onnx_path, text,
-                                                        exporter)
+        info["exporter"], info["opset"] = export_graph(graph, sample, onnx_path, text=text,
+                                                       exporter=exporter)
         info["export_seconds"] = round(time.perf_counter() - start, 2)
         write_json(stage / EXPORT_FILE, {**info, "int8": False})
 
@@ -259,7 +192,10 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, overwrite: bool = Fa
             parity_inputs = [examples.inputs[int(i)] for i in np.unique(idx.astype(int))]
         edge = _edge_cases(config, max_length)  # one word, past max_length; odd image sizes
         parity_inputs += edge
-        reference = model.predict_proba(parity_inputs, batch_size=batch_size, precision="fp32")
+        # the reference is PyTorch itself (the feature extractor would pick ORT for fp32)
+        features, _ = extract_features(model.backbone, parity_inputs, batch_size=batch_size,
+                                       precision="fp32", engine="torch")
+        reference = model.head_proba(features)
         fp32 = OnnxEngine(run_dir, batch_size=batch_size, onnx_dir=stage)
         diff = float(np.abs(fp32.predict_proba(parity_inputs) - reference).max())
         info["fp32"] = {"file": FP32_FILE, "bytes": onnx_path.stat().st_size,

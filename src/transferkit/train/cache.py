@@ -3,15 +3,19 @@
 A frozen backbone is run once per dataset, never once per epoch or per run: features are
 stored under ``$TRANSFERKIT_CACHE`` (default ``~/.cache/transferkit``) keyed by the backbone
 fingerprint (weights + preprocessing), the numeric precision and the data's content hash.
+The key does not name the engine that ran the backbone (PyTorch or ONNX Runtime, see
+``onnx_features``): both give the same features (checked to 1e-4), so they share entries.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +24,11 @@ import torch
 
 from .._io import atomic_path
 from ..backbones.base import Backbone
+from ..errors import ConfigError
 from .device import autocast_for, default_device, resolve_precision
+from .onnx_features import ENGINES, exportable, feature_session, prefers_onnx, run_session
+
+log = logging.getLogger(__name__)
 
 
 def cache_root() -> Path:
@@ -34,6 +42,8 @@ class ExtractionStats:
     from_cache: bool = False
     batches: int = 0
     precision: str = "fp32"
+    #: what ran the backbone: "torch" or "onnx" (ONNX Runtime); "" when nothing ran (cache)
+    engine: str = ""
 
 
 class FeatureCache:
@@ -75,13 +85,23 @@ def extract_features(
     cache: FeatureCache | None = None,
     data_fingerprint: str | None = None,
     progress: Any = None,
+    engine: str = "auto",
 ) -> tuple[np.ndarray, ExtractionStats]:
     """Pooled features ``[N, feature_dim]`` (float32) in input order.
 
     Examples are sorted by cost (token count) so each batch pads only to its own longest
     member; the backbone runs under ``torch.inference_mode`` and, with ``bf16``, under
     autocast. ``progress`` is an optional callable ``(done, total)``.
+
+    ``engine``: ``torch``; ``onnx``: ONNX Runtime (``onnx_features``) for an exportable
+    backbone on the CPU in fp32, PyTorch for anything else or when the export fails;
+    ``auto`` (the default): ``onnx`` where ORT was measured faster (convolutional image
+    models; not text encoders, see ``onnx_features.prefers_onnx``), sparing a missing export
+    on a small extraction or on weights trained in this process. ``stats.engine`` says which
+    ran. Both engines give the same features (checked to 1e-4), so they share cache entries.
     """
+    if engine not in ENGINES:
+        raise ConfigError(f"Unknown engine '{engine}'. Choose one of: {', '.join(ENGINES)}.")
     device = device or default_device()
     resolved = resolve_precision(precision, device)
     stats = ExtractionStats(n=len(inputs), precision=resolved)
@@ -98,17 +118,44 @@ def extract_features(
 
     out = np.empty((len(inputs), backbone.feature_dim), dtype=np.float32)
 
-    def keep(idx: np.ndarray, features: torch.Tensor) -> None:
-        out[idx] = features.float().cpu().numpy()
+    def keep(idx: np.ndarray, features: torch.Tensor | np.ndarray) -> None:
+        out[idx] = features if isinstance(features, np.ndarray) else \
+            features.float().cpu().numpy()
 
     backbone.to(device)
+    forward = None
+    stats.engine = "torch"
+    if inputs and _wants_onnx(backbone, engine, resolved, device):
+        session = feature_session(backbone, cache_root(), auto=engine == "auto", n=len(inputs))
+        if session is not None:
+            stats.engine = "onnx"
+            forward = partial(run_session, *session)
     stats.batches = run_batches(backbone, backbone.prepare(inputs), keep, batch_size=batch_size,
                                 device=device, autocast=autocast_for(resolved, device),
-                                progress=progress)
+                                forward=forward, progress=progress)
     stats.seconds = time.perf_counter() - start
     if cache is not None and key is not None:
         cache.save(key, out)
     return out, stats
+
+
+def _wants_onnx(backbone: Backbone, engine: str, precision: str, device: torch.device
+                ) -> bool:
+    """ORT computes fp32 on the CPU; ``auto`` takes it only where it is measured faster."""
+    if engine == "torch":
+        return False
+    why = None
+    if device.type != "cpu":
+        why = f"the backbone runs on {device.type}"
+    elif precision != "fp32":
+        why = f"precision is {precision} (ONNX Runtime runs fp32)"
+    else:
+        why = exportable(backbone)
+    if why is None:
+        return engine == "onnx" or prefers_onnx(backbone)
+    if engine == "onnx":
+        log.info("engine=onnx: PyTorch computes %s features, because %s.", backbone.source, why)
+    return False
 
 
 def run_batches(

@@ -1,0 +1,395 @@
+"""A frozen backbone's pooled features through ONNX Runtime, and the export machinery it shares
+with ``transferkit export --onnx``.
+
+On CPU in fp32, ORT runs convolutional image backbones 1.1-3.3x faster than PyTorch with
+features within 1e-4 (``prefers_onnx`` has the measurements, and why text encoders stay on
+PyTorch under ``engine="auto"``), which is what ranking many candidate backbones needs. The
+backbone alone (inputs = what its ``collate`` returns, output = pooled features ``[B, D]``) is
+exported once per fingerprint to ``<cache root>/onnx/<fingerprint>.onnx`` (temp file +
+rename: a killed export never leaves a half file behind), with dynamic batch and sequence
+axes. Every session is checked against the PyTorch backbone on a few inputs of very different
+lengths before it is used; a damaged or wrong file is re-exported, and whatever cannot be
+exported or checked runs on PyTorch (logged once, never an error).
+
+Weights that move: caches trust ``Backbone.fingerprint``, which training code refreshes only
+when it finishes. A tensor's version counter moves with every in-place update, so a backbone
+whose weights changed since its last extraction under the same fingerprint (an evaluation in
+the middle of a contrastive or prototypical training run) is run by PyTorch, and an export is
+named by a fingerprint computed afresh from the very copy that is exported.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import sys
+import warnings
+import weakref
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._io import atomic_path, write_json
+from ..errors import ArtifactError
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("auto", "torch", "onnx")
+EXPORTERS = ("auto", "torchscript", "dynamo")
+OPSET = 17  # TorchScript exporter
+DYNAMO_OPSET = 18  # the lowest the dynamo exporter writes natively
+FEATURES_OUTPUT = "features"
+PARITY_TOLERANCE = 1e-4
+MAX_EXPORT_BYTES = 2**31 - 2**26  # protobuf's 2 GB, less room for the graph itself
+
+
+# -- export machinery (shared with reuse/onnx_export.py) ------------------------------------
+@contextmanager
+def quiet():
+    """Tracer and quantiser chatter (shape-specialisation notes, 'consider pre-processing')
+    is for exporter developers; the parity check is what tells the user the export is right."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        root.setLevel(level)
+
+
+def is_peft(model: Any) -> bool:
+    """An unmerged peft (LoRA...) wrapper; peft is not imported just to ask."""
+    if "peft" not in sys.modules:
+        return False
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
+
+
+def make_exportable(backbone: nn.Module) -> nn.Module:
+    """Prepare a *copy* of a backbone in place: LoRA merged, eager attention. The TorchScript
+    exporter traces eager attention into plain MatMul/Softmax, which ran faster in ORT than the
+    SDPA graph."""
+    inner = getattr(backbone, "model", None)
+    if inner is None:
+        return backbone
+    if is_peft(inner):
+        backbone.model = inner = inner.merge_and_unload()
+    if hasattr(inner, "set_attn_implementation"):
+        try:
+            inner.set_attn_implementation("eager")
+        except (ValueError, AttributeError, NotImplementedError):
+            pass
+    return backbone
+
+
+def export_graph(graph: nn.Module, sample: dict[str, torch.Tensor], path: Path, *,
+                 text: bool, exporter: str = "auto", output: str = "probabilities"
+                 ) -> tuple[str, int]:
+    """Write ``graph`` (positional inputs named and ordered as ``sample``) with the TorchScript
+    exporter (its eager-attention graph ran ~25% faster in ORT than the dynamo exporter's on
+    MiniLM), or the dynamo one if that fails; dynamic batch (and for text, sequence) axes.
+    Returns (exporter used, opset)."""
+    names = list(sample)
+    args = tuple(sample[n] for n in names)
+    errors: list[str] = []
+
+    def torchscript() -> int:
+        axes = {n: ({0: "batch", 1: "sequence"} if text else {0: "batch"}) for n in names}
+        axes[output] = {0: "batch"}
+        torch.onnx.export(graph, args, str(path), input_names=names, output_names=[output],
+                          dynamic_axes=axes, opset_version=OPSET, dynamo=False,
+                          do_constant_folding=True)
+        return OPSET
+
+    def dynamo() -> int:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", min=1)
+        shapes = tuple({0: batch, 1: seq} if text else {0: batch} for _ in names)
+        torch.onnx.export(graph, args, str(path), input_names=names, output_names=[output],
+                          dynamic_shapes=(shapes,), opset_version=DYNAMO_OPSET, dynamo=True,
+                          external_data=False, verbose=False)
+        return DYNAMO_OPSET
+
+    chosen = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
+    for name in chosen:
+        try:
+            with torch.inference_mode(False), torch.no_grad(), quiet():
+                return name, (torchscript if name == "torchscript" else dynamo)()
+        except Exception as e:  # noqa: BLE001 - any tracing failure: try the next exporter
+            path.unlink(missing_ok=True)
+            errors.append(f"{name}: {str(e).splitlines()[0][:300] if str(e) else type(e)}")
+    raise ArtifactError(f"ONNX export failed ({'; '.join(errors)}). The dynamo exporter needs "
+                        "`pip install onnxscript`; please report the model if both fail.")
+
+
+class FeatureGraph(nn.Module):
+    """Positional inputs (the exporter's calling convention) -> pooled fp32 features."""
+
+    def __init__(self, backbone: nn.Module, names: list[str]) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.names = names
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.backbone(**dict(zip(self.names, tensors, strict=True))).float()
+
+
+# -- which backbones, and where ------------------------------------------------------------
+def exportable(backbone: Any) -> str | None:
+    """Why ``backbone`` cannot run on ORT here, or None when it can be exported."""
+    from ..backbones.text import TextBackbone
+    from ..backbones.vision import VisionBackbone
+
+    if getattr(backbone, "frozen_only", False):
+        return "a frozen-only backbone (its weights are not torch modules)"
+    if not isinstance(backbone, TextBackbone | VisionBackbone):
+        return f"{type(backbone).__name__} has no ONNX export"
+    if is_peft(backbone.model):
+        return "an unmerged LoRA adapter"
+    if any(p.dtype != torch.float32 for p in backbone.parameters()):
+        return "weights not in float32"
+    if sum(4 * p.numel() for p in backbone.parameters()) > MAX_EXPORT_BYTES:
+        return "over 2 GB of weights (one ONNX file holds at most 2 GB)"
+    return None
+
+
+def prefers_onnx(backbone: Any) -> bool:
+    """Where ``engine="auto"`` takes ORT: where it was measured faster than PyTorch fp32 on
+    this project's CPU (2 cores, AVX-512; batch 32, per-batch alternation in one process):
+
+    - convolutional timm models: EfficientNet-Lite0 3.3x at 224 px and 2.1x at 64 px,
+      ResNet-18 1.7x, MobileNetV3-S 2.4x, ConvNeXt-atto 1.1x: yes;
+    - timm vision transformers (ViT-Ti 0.8x, DeiT-Ti 0.8x): no;
+    - text transformers: no. MiniLM ran at 0.94-1.01x (1,280 texts, two runs): both engines
+      spend ~75-80% of the time in fp32 GEMMs (torch ``addmm`` on MKL, ORT ``MatMul`` on
+      MLAS) and neither kernel beats the other here. ``engine="onnx"`` still runs them on
+      ORT, at the same features.
+    """
+    if backbone.modality != "image":
+        return False
+    return not any(type(m).__name__.endswith("Attention") or isinstance(m, nn.MultiheadAttention)
+                   for m in backbone.modules())
+
+
+# -- per-backbone state -----------------------------------------------------------------------
+@dataclass
+class _Bound:
+    """What this process decided for one backbone object at one state of its weights."""
+
+    signature: tuple[int, ...]
+    fingerprint: str
+    state: str = "pending"  # "onnx", "torch", or "pending": not decided yet (no export)
+    #: its weights changed in this process (trained here): auto spends no export on them
+    trained: bool = False
+    session: Any = None
+    inputs: list[str] = field(default_factory=list)
+    threads: int = 0
+
+
+#: ``engine="auto"`` makes a missing export only for an extraction at least this large: a
+#: smaller one is over on PyTorch before the export would be
+AUTO_EXPORT_MIN = 256
+_BOUND: weakref.WeakKeyDictionary[nn.Module, _Bound] = weakref.WeakKeyDictionary()
+_LOGGED: set[str] = set()
+#: how many exports this process ran (tests check that a cached export is reused)
+EXPORTS = {"count": 0}
+
+
+def _log_once(key: str, message: str) -> None:
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        log.warning(message)
+
+
+def weight_signature(module: nn.Module) -> tuple[int, ...]:
+    """Moves whenever a weight is changed in place (an optimizer step) or replaced: each
+    tensor's storage address and version counter."""
+    out: list[int] = []
+    for t in (*module.parameters(), *module.buffers()):
+        try:
+            version = t._version
+        except RuntimeError:  # an inference-mode tensor: it cannot be updated in place
+            version = -1
+        out += (t.data_ptr(), version)
+    return tuple(out)
+
+
+def _versions() -> str:
+    import onnxruntime
+    import transformers
+
+    return f"torch {torch.__version__}, transformers {transformers.__version__}, " \
+           f"onnxruntime {onnxruntime.__version__}"
+
+
+def feature_session(backbone: Any, root: Path, *, auto: bool, n: int
+                    ) -> tuple[Any, list[str]] | None:
+    """An ORT session computing ``backbone``'s features and its input names, or None (then
+    PyTorch runs it) -- for an extraction of ``n`` inputs with ``engine="auto"`` (``auto``) or
+    ``"onnx"``. A missing export costs seconds (~5 s for MiniLM) and ~4 bytes per weight on
+    disk: ``auto`` spends them only on weights as this process first saw them (a pretrained
+    candidate, not weights trained here) and on at least ``AUTO_EXPORT_MIN`` inputs."""
+    threads = torch.get_num_threads()
+    signature = weight_signature(backbone)
+    fingerprint = backbone.fingerprint
+    bound = _BOUND.get(backbone)
+    trained = bound is not None and (bound.trained or bound.fingerprint != fingerprint)
+    if bound is not None and bound.fingerprint == fingerprint:
+        if bound.signature != signature:
+            # weights changed in place, fingerprint not refreshed: training is under way
+            _BOUND[backbone] = _Bound(signature, fingerprint, "torch", trained=True)
+            return None
+        if bound.state == "torch":
+            return None
+        if bound.state == "onnx":
+            if bound.threads != threads:  # torch.set_num_threads moved: follow it
+                bound.session = _open(_path(root, fingerprint), threads)
+                bound.threads = threads
+            return bound.session, bound.inputs
+    may_export = not auto or (n >= AUTO_EXPORT_MIN and not trained)
+    if not may_export and not _path(root, fingerprint).is_file():
+        _BOUND[backbone] = _Bound(signature, fingerprint, "pending", trained=trained)
+        return None
+    bound = _Bound(signature, fingerprint, "torch", trained=trained, threads=threads)
+    _BOUND[backbone] = bound
+    try:
+        opened = _resolve(backbone, root, fingerprint, threads)
+    except Exception as e:  # noqa: BLE001 - never fail an extraction over the fast path
+        _log_once(f"{fingerprint}:error", f"ONNX Runtime is not used for {backbone.source} "
+                  f"features ({type(e).__name__}: {str(e)[:300]}); PyTorch runs them.")
+        return None
+    if opened is not None:
+        bound.state = "onnx"
+        bound.session, bound.inputs = opened
+    return opened
+
+
+def _path(root: Path, fingerprint: str) -> Path:
+    return root / "onnx" / f"{fingerprint}.onnx"
+
+
+def _resolve(backbone: Any, root: Path, fingerprint: str, threads: int
+             ) -> tuple[Any, list[str]] | None:
+    path = _path(root, fingerprint)
+    failed = path.with_suffix(".failed.json")
+    versions = _versions()
+    if failed.is_file():
+        try:
+            record = json.loads(failed.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            record = {}
+        if isinstance(record, dict) and record.get("versions") == versions:
+            _log_once(f"{fingerprint}:failed", f"ONNX Runtime is not used for "
+                      f"{backbone.source} features: an earlier export failed "
+                      f"({record.get('reason', '?')}; delete {failed} to retry).")
+            return None
+    if path.is_file():
+        try:
+            session = _open(path, threads)
+            diff = _parity(backbone, session)
+            if diff <= PARITY_TOLERANCE:
+                return session, _input_names(session)
+            reason = f"differs from PyTorch by {diff:.2e}"
+        except Exception as e:  # noqa: BLE001 - ORT's own Fail/InvalidProtobuf/... classes
+            reason = f"unreadable ({type(e).__name__})"
+        if _fresh_fingerprint(backbone) != fingerprint:
+            # the file may be right: this backbone's weights moved without a new fingerprint
+            return None
+        _log_once(f"{fingerprint}:damaged", f"{path} is {reason}; exporting it again.")
+        path.unlink(missing_ok=True)
+    return _export(backbone, path, failed, versions, threads)
+
+
+def _export(backbone: Any, path: Path, failed: Path, versions: str, threads: int
+            ) -> tuple[Any, list[str]] | None:
+    clone = make_exportable(copy.deepcopy(backbone).float().eval())
+    clone.invalidate_fingerprint()
+    if clone.fingerprint != path.stem:  # the weights are not what the fingerprint says
+        return None
+    sample = dict(clone.collate(clone.prepare(_check_inputs(clone)[:2])))
+    names = list(sample)
+    graph = FeatureGraph(clone, names).eval()
+    try:
+        with atomic_path(path) as tmp:
+            export_graph(graph, sample, tmp, text=clone.modality == "text",
+                         output=FEATURES_OUTPUT)
+            EXPORTS["count"] += 1
+            session = _open(tmp, threads)
+            diff = _parity(backbone, session)
+            if not diff <= PARITY_TOLERANCE:
+                raise ArtifactError(f"the export differs from PyTorch by {diff:.2e} "
+                                    f"(> {PARITY_TOLERANCE:g})")
+    except Exception as e:  # noqa: BLE001 - recorded, so later runs do not retry in vain
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        write_json(failed, {"reason": reason, "versions": versions})
+        _log_once(f"{path.stem}:failed", f"ONNX Runtime is not used for {backbone.source} "
+                  f"features: the export failed ({reason}). PyTorch runs them.")
+        return None
+    return session, _input_names(session)
+
+
+def _fresh_fingerprint(backbone: Any) -> str:
+    """The fingerprint of the weights as they are now, leaving the memo alone."""
+    clone = copy.copy(backbone)  # shares the weights; only the memo is its own
+    clone.invalidate_fingerprint()
+    return clone.fingerprint
+
+
+def _open(path: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # no spinning between runs: on shared cores a spinning pool steals the time of the next
+    # batch's collate and of other processes (MiniLM: 0.73-0.84x PyTorch spinning, 1.0-1.5x not)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _input_names(session: Any) -> list[str]:
+    return [i.name for i in session.get_inputs()]
+
+
+def _check_inputs(backbone: Any) -> list[Any]:
+    """A short and a long input (padding inside one batch), and a one-word one."""
+    if backbone.modality == "text":
+        words = ("transfer learning ranks candidate backbones by their frozen features " * 8)
+        return ["a short sample", words.strip(), "ok"]
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            for h, w in ((37, 91), (250, 333), (64, 64))]
+
+
+def _parity(backbone: Any, session: Any) -> float:
+    """Max |ORT - PyTorch fp32| over the check inputs, run as one padded batch."""
+    batch = dict(backbone.collate(backbone.prepare(_check_inputs(backbone))))
+    device = next(backbone.parameters()).device
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        with torch.inference_mode():
+            ref = backbone(**{k: v.to(device) for k, v in batch.items()}).float().cpu().numpy()
+    finally:
+        backbone.train(was_training)
+    ours = run_session(session, _input_names(session), batch)
+    if ours.shape != ref.shape:
+        return float("inf")
+    return float(np.abs(ours - ref).max())
+
+
+def run_session(session: Any, names: list[str], batch: dict[str, torch.Tensor]) -> np.ndarray:
+    feeds = {n: batch[n].detach().cpu().numpy() for n in names}
+    return session.run(None, feeds)[0]

@@ -5,6 +5,7 @@ test split), same batch size, epochs and learning rate. Each run is its own subp
 peak memory is its own), and the contenders alternate round by round on the shared cores.
 
     python benchmarks/finetune.py [--train 2000] [--epochs 1] [--runs 3]
+    python benchmarks/finetune.py --prefix --backbone mpnet --epochs 2   # the prefix cache
 
 Contenders: transferkit ``full`` (default precision: bf16 autocast where the CPU runs it
 fast), ``transformers.Trainer`` in its default fp32 and with ``bf16=True``, and transferkit
@@ -54,7 +55,7 @@ def worker_transferkit(args: argparse.Namespace, strategy: str, **extra: object)
     if strategy in ("full", "partial"):
         options["lr"] = args.lr
     options.update(extra)
-    clf = Classifier("minilm", strategy, strategy_options=options, batch_size=args.batch_size,
+    clf = Classifier(args.backbone, strategy, strategy_options=options, batch_size=args.batch_size,
                      seed=args.seed, cache=False)
     clf.fit(data)
     acc = clf.evaluate(data)["accuracy"]
@@ -140,7 +141,13 @@ def main() -> None:
     ap.add_argument("--prefix", action="store_true",
                     help="compare partial top-2 with and without the frozen-prefix cache "
                          "(writes results/finetune_prefix.json)")
+    ap.add_argument("--backbone", default="minilm",
+                    help="transferkit's backbone (the Trainer contenders always run MiniLM; "
+                         "with --prefix: e.g. mpnet, 12 layers, writing "
+                         "results/finetune_prefix_mpnet.json)")
     args = ap.parse_args()
+    if args.backbone != "minilm" and not args.prefix:
+        raise SystemExit("--backbone is for --prefix: the Trainer contenders run MiniLM")
     sys.path.insert(0, str(HERE))
 
     if args.worker:
@@ -161,7 +168,8 @@ def main() -> None:
     runs: dict[str, list[dict]] = {n: [] for n in names}
     base = [sys.executable, str(Path(__file__).resolve()), "--train", str(args.train),
             "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr",
-            str(args.lr), "--seed", str(args.seed), "--tmp", args.tmp]
+            str(args.lr), "--seed", str(args.seed), "--tmp", args.tmp,
+            "--backbone", args.backbone]
     for r in range(args.runs):
         for name in names:
             proc = subprocess.run([*base, "--worker", name], capture_output=True, text=True)
@@ -217,7 +225,9 @@ def main() -> None:
         print(f"{name}: accuracy {med(name, 'accuracy'):.4f}, "
               f"train {med(name, 'train_seconds_per_epoch'):.1f} s/epoch, total "
               f"{med(name, 'total_seconds'):.1f} s, peak RSS {med(name, 'peak_rss_mb'):.0f} MiB")
-    print(f"results: {write_results('finetune_prefix' if args.prefix else 'finetune', entries)}")
+    name = "finetune" if not args.prefix else "finetune_prefix" + (
+        "" if args.backbone == "minilm" else f"_{args.backbone}")
+    print(f"results: {write_results(name, entries, backbone=args.backbone)}")
 
 
 if __name__ == "__main__":

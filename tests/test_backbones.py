@@ -149,3 +149,22 @@ def test_backbones_register_themselves_and_are_listed(tiny_bert_dir):
             register_backbone("tiny-test", "text", "x", "y")(None)
     finally:
         ALIASES.pop("tiny-test", None)
+
+
+def test_layer_groups_split_an_encoder_that_holds_more_than_its_layers(tmp_path, tiny_bert_dir):
+    """MPNet's encoder keeps a relative-position bias shared by every layer beside the layers:
+    the groups must still hold each parameter exactly once (an optimizer refuses duplicates)."""
+    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+
+    tok = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    cfg = MPNetConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                      num_attention_heads=2, intermediate_size=64, max_position_embeddings=66)
+    MPNetModel(cfg).save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    backbone = load_backbone(str(tmp_path))
+    groups = backbone.layer_groups()
+    ids = [id(p) for g in groups for p in g.parameters()]
+    assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in backbone.parameters()}
+    bias = backbone.model.encoder.relative_attention_bias.weight
+    assert any(p is bias for p in groups[0].parameters())  # with the input side
+    assert len(groups) == 3

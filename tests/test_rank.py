@@ -116,3 +116,11 @@ def test_a_frozen_only_backbone_is_refused_for_fine_tuning(sms_small, tiny_bert_
     assert np.isfinite(clf.predict_proba(["free prize"])).all()
     Classifier(copy.deepcopy(frozen), "protonet", cache=False,
                strategy_options={"meta_train": False}).fit(sms_small)
+
+
+def test_models_install_refuses_what_it_cannot_install():
+    done = run_cli("models", "--install", "minilmm")
+    assert done.returncode != 0 and "Unknown backbone 'minilmm'" in done.stderr
+    assert "did you mean" in done.stderr.lower()
+    done = run_cli("models", "--install", "bert-base")
+    assert done.returncode != 0 and "no package to install" in done.stderr

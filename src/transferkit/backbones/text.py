@@ -95,12 +95,14 @@ class TextBackbone(Backbone):
         in_embeddings = {id(p) for p in embeddings.parameters()}
         # Whatever is neither embeddings nor a layer (GPT-2's position table, final norms):
         # position tables belong with the input side, final norms with the output side.
+        # A child that holds the layers and more (MPNet's encoder keeps the shared relative
+        # position bias beside its layers) is split: only what is outside the layers joins.
         rest_in, rest_out = nn.ModuleList(), nn.ModuleList()
-        for name, child in self.model.named_children():
-            params = {id(p) for p in child.parameters()}
-            if not params or params <= in_layers | in_embeddings:
-                continue
-            (rest_in if "emb" in name or name in ("wpe", "wte") else rest_out).append(child)
+        covered = in_layers | in_embeddings
+        for name, child in _outside(self.model, covered):
+            input_side = any(k in name for k in ("emb", "position", "relative")) or \
+                name in ("wpe", "wte")
+            (rest_in if input_side else rest_out).append(child)
         groups: list[nn.Module] = [nn.ModuleList([embeddings, *rest_in])]
         groups.extend(layers)
         if len(rest_out):
@@ -115,6 +117,24 @@ class TextBackbone(Backbone):
             adapter.save_pretrained(str(directory / ADAPTER_DIR), safe_serialization=True)
         self.tokenizer.save_pretrained(directory)
         (directory / BACKBONE_FILE).write_text(json.dumps(self.preprocessing(), indent=2))
+
+
+def _outside(module: nn.Module, covered: set[int]) -> list[tuple[str, nn.Module]]:
+    """(name, module) pairs that hold every parameter of ``module``'s children that is not in
+    ``covered``, descending into a child only where it mixes covered and uncovered ones."""
+    found: list[tuple[str, nn.Module]] = []
+    for name, child in module.named_children():
+        params = {id(p) for p in child.parameters()}
+        if not params or params <= covered:
+            continue
+        if params.isdisjoint(covered):
+            found.append((name, child))
+            continue
+        found.extend(_outside(child, covered))
+        own = [p for p in child.parameters(recurse=False) if id(p) not in covered]
+        if own:  # parameters set directly on the mixed child
+            found.append((name, nn.ParameterList(own)))
+    return found
 
 
 class _DropLoadReport:

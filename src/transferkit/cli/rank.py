@@ -55,8 +55,12 @@ def rank_command(
     table = Table(title=f"backbones ranked by {r.score}, on {r.scored_on}")
     shown = [r.score, *[s for s in score_names() if s != r.score]]
     shown = [s for s in shown if any(c.scores.get(s) is not None for c in r.candidates)]
-    for col in ("#", "backbone", *shown, "params", "seconds"):
-        table.add_column(col, justify="left" if col == "backbone" else "right")
+    if out.width < 130:  # a narrow terminal gets the ordering score; rank.json has them all
+        shown = shown[:1]
+    table.add_column("#", justify="right")
+    table.add_column("backbone", no_wrap=True)
+    for col in (*shown, "params", "seconds"):
+        table.add_column(col, justify="right")
     if result.truth:
         table.add_column("probe test acc", justify="right")
     for i, c in enumerate([c for c in r.candidates if c.error is None], 1):
@@ -73,6 +77,8 @@ def rank_command(
     for name, a in result.agreement.items():
         out.print(f"{name}: weighted tau {a['weighted_tau']:.3f}, picks {a['pick']}, "
                   f"top-1 regret {a['top1_regret']:.4f}")
+    if len(shown) == 1 and not out_dir:
+        out.print("every score of every candidate: add --out DIR (rank.json and a report)")
     out.print(f"best: {r.best.name}")
     if out_dir:
         out.print(f"report: {(Path(out_dir) / 'report.html').resolve()}")

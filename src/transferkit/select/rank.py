@@ -185,7 +185,7 @@ def _score_candidate(name: str, data: Dataset, sample: Examples, labels: np.ndar
         log.warning("rank: skipping %s: %s", name, out.error)
         return out
     if backbone.modality != data.modality:
-        out.error = f"a {backbone.modality} model; the data is {data.modality}"
+        out.error = f"a backbone for {backbone.modality} data; the data is {data.modality}"
         return out
     out.modality, out.resolved = backbone.modality, backbone.resolved
     out.params, out.feature_dim = backbone.parameter_count(), backbone.feature_dim

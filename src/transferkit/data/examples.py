@@ -11,11 +11,13 @@ import numpy as np
 
 TEXT = "text"
 IMAGE = "image"
+AUDIO = "audio"
 
 
 @dataclass
 class Examples:
-    """One split. ``inputs`` are texts, image arrays (uint8 HxW or HxWxC) or image file paths.
+    """One split. ``inputs`` are texts, image arrays (uint8 HxW or HxWxC), image file paths,
+    or audio file paths / decoded ``audio.Clip``s.
 
     ``origins`` keeps "file row N" for every example so that any message about an example can
     name the place the user has to look at.
@@ -77,6 +79,8 @@ def _content_bytes(x: Any) -> bytes:
         return str(x.shape).encode() + str(x.dtype).encode() + np.ascontiguousarray(x).tobytes()
     if isinstance(x, Path):
         return Path(x).read_bytes()
+    if hasattr(x, "content_bytes"):  # audio.Clip
+        return x.content_bytes()
     raise TypeError(f"unsupported input type {type(x).__name__}")
 
 

@@ -143,15 +143,16 @@ MIN_PATIENCE_STEPS = 20
 MIN_CAP_STEPS = 150
 
 
-def trial_budget(plan: TrialPlan, batch_size: int) -> tuple[int, int | None]:
+def trial_budget(plan: TrialPlan, batch_size: int, min_patience_steps: int = MIN_PATIENCE_STEPS,
+                 min_cap_steps: int = MIN_CAP_STEPS) -> tuple[int, int | None]:
     """(epochs, patience) for ``plan`` at ``batch_size``: the plan's own for the refit,
-    stretched to ``MIN_CAP_STEPS`` and ``MIN_PATIENCE_STEPS`` for a tuning trial."""
+    stretched to ``min_cap_steps`` and ``min_patience_steps`` for a tuning trial."""
     if plan.valid_idx is None:
         return plan.epochs, plan.patience
     per_epoch = max(1, math.ceil(len(plan.train_idx) / batch_size))
     patience = None if plan.patience is None else max(
-        plan.patience, math.ceil(MIN_PATIENCE_STEPS / per_epoch))
-    return max(plan.epochs, math.ceil(MIN_CAP_STEPS / per_epoch)), patience
+        plan.patience, math.ceil(min_patience_steps / per_epoch))
+    return max(plan.epochs, math.ceil(min_cap_steps / per_epoch)), patience
 
 # A constant learning rate without warm-up: the epoch at which a run peaked on the validation
 # part then means the same in the refit (a decaying schedule would be stretched by the cap).

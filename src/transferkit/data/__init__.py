@@ -10,8 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
-from .examples import IMAGE, TEXT, DataIssue, DataReport, Dataset, Examples
-from .images import is_image_folder, read_image_folder, read_npz
+from .audio import Clip
+from .examples import AUDIO, IMAGE, TEXT, DataIssue, DataReport, Dataset, Examples
+from .folders import is_class_folder, read_folder
+from .images import read_npz
 from .split import per_class_budget, stratified_split
 from .tables import TABLE_SUFFIXES, is_hf_disk_dataset, read_hf_dataset, read_table
 from .validate import (
@@ -25,9 +27,9 @@ from .validate import (
 )
 
 __all__ = [
-    "IMAGE", "MAX_TEXT_CHARS", "TEXT", "DataIssue", "DataReport", "Dataset", "Examples",
-    "issue_summary", "load_data", "load_examples", "pick_split", "read_examples", "read_source",
-    "validate_examples",
+    "AUDIO", "IMAGE", "MAX_TEXT_CHARS", "TEXT", "Clip", "DataIssue", "DataReport", "Dataset",
+    "Examples", "issue_summary", "load_data", "load_examples", "pick_split", "read_examples",
+    "read_source", "validate_examples",
 ]
 
 
@@ -47,17 +49,18 @@ def read_source(
             return {"all": read_table(path, text_column, label_column, require_labels)}
         raise DataError(
             f"{path}: unsupported file type '{path.suffix}'. Use .csv, .tsv, .jsonl, .parquet, "
-            ".txt (one text a line), .npz (images + labels), an image folder, or a Hugging "
-            "Face dataset (hf:NAME or a save_to_disk folder)."
+            ".txt (one text a line), .npz (images + labels), a folder of images or audio "
+            "clips, or a Hugging Face dataset (hf:NAME or a save_to_disk folder)."
         )
     if path.is_dir():
         if is_hf_disk_dataset(path):
             return read_hf_dataset(spec, text_column, label_column, require_labels)
-        if is_image_folder(path) or not require_labels:
-            return read_image_folder(path, require_labels)
+        if is_class_folder(path) or not require_labels:
+            return read_folder(path, require_labels)
         raise DataError(
             f"{path}: an empty folder or one without class sub-folders. Images go in "
-            f"{path}/<class>/<image>.jpg; a Hugging Face dataset folder needs dataset_info.json."
+            f"{path}/<class>/<image>.jpg, audio clips in {path}/<class>/<clip>.wav (or .flac, "
+            ".ogg); a Hugging Face dataset folder needs dataset_info.json."
         )
     if spec.startswith("hf:") or _looks_like_hub_name(spec):
         return read_hf_dataset(spec, text_column, label_column, require_labels)
@@ -109,9 +112,10 @@ def validate_examples(
     examples: Examples, report: DataReport, *, require_labels: bool = True,
     max_text_chars: int = MAX_TEXT_CHARS, classes: list[str] | None = None,
 ) -> Examples:
-    """The one row validation: bad rows (empty or over-long texts, unreadable images, missing
-    labels when ``require_labels``) dropped and counted in ``report``, and with ``classes``
-    given, rows of other labels dropped and counted too."""
+    """The one row validation: bad rows (empty or over-long texts, unreadable images,
+    unreadable, silent or over-long audio, missing labels when ``require_labels``) dropped
+    and counted in ``report``, and with ``classes`` given, rows of other labels dropped and
+    counted too."""
     examples = clean_rows(examples, report, require_labels, max_text_chars)
     if classes is not None:
         examples = drop_unseen_labels(examples, classes, report)

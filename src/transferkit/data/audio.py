@@ -111,3 +111,82 @@ def load_clip(x: Any, rate: int, clip_seconds: float | None = DEFAULT_CLIP_SECON
 
 def _short(exc: Exception) -> str:
     return str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+
+
+# ---------------------------------------------------------------- validation and table cells
+
+
+def audio_problem(x: Any) -> tuple[str, str] | None:
+    """Why an audio example cannot be used, as ``(issue kind, detail)``, or None.
+
+    Cheap first: the header (``soundfile.info``) gives the format, length and truncation
+    hints, so an over-long clip is refused without decoding it; a clip that passes is
+    decoded once, which catches corrupt frames and measures its loudness."""
+    if x is None or (isinstance(x, str) and not x.strip()):
+        return "bad_audio", "no audio file named"
+    if isinstance(x, (str, Path)):
+        import soundfile as sf
+
+        path = Path(x)
+        if not path.is_file():
+            return "bad_audio", f"{path}: no such file"
+        try:
+            info = sf.info(str(path))
+        except Exception as exc:  # libsndfile: not audio, unknown format, unreadable header
+            why = str(exc).replace(f"Error opening {str(path)!r}: ", "")
+            why = (why or type(exc).__name__).splitlines()[0][:160]
+            return "bad_audio", f"{path}: not an audio file ({why})"
+        if _truncated(info.extra_info):
+            return "bad_audio", f"{path}: truncated (the file ends before its audio does)"
+        if info.frames <= 0 or info.samplerate <= 0:
+            return "bad_audio", f"{path}: empty (0 samples)"
+        if info.duration > MAX_CLIP_SECONDS:
+            return "long_audio", (f"{path}: {info.duration:.1f} s, over the "
+                                  f"{MAX_CLIP_SECONDS:.0f} s limit")
+    try:
+        clip = read_audio(x)
+    except DataError as exc:
+        cause = exc.__cause__
+        if cause is None:  # read_audio's own finding: empty, NaN samples, a bad shape
+            return "bad_audio", str(exc).split(". ")[0]
+        return "bad_audio", f"{x}: cannot decode it ({_short(cause)}): truncated or corrupt"
+    if clip.seconds > MAX_CLIP_SECONDS:  # an in-memory Clip
+        return "long_audio", (f"{clip.name}: {clip.seconds:.1f} s, over the "
+                              f"{MAX_CLIP_SECONDS:.0f} s limit")
+    rms = float(np.sqrt(np.mean(clip.samples.astype(np.float64) ** 2)))
+    if rms < SILENCE_RMS:
+        return "silent_audio", f"{clip.name}: RMS {rms:.1e}, below {SILENCE_RMS:.0e}"
+    return None
+
+
+def _truncated(extra_info: str) -> bool:
+    """libsndfile's header notes on a cut-off file: a WAV/AIFF ``data : 64000 (should be
+    31978)`` with less data than declared, or an OGG stream without its end."""
+    import re
+
+    if "ended unexpectedly" in extra_info:
+        return True
+    found = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", extra_info, re.MULTILINE)
+    return found is not None and int(found.group(2)) < int(found.group(1))
+
+
+def looks_like_audio_paths(cells: list[Any]) -> bool:
+    """A table column of audio file paths: most filled cells are one-line strings ending in
+    an audio suffix (the others become reported bad rows, not a text column)."""
+    filled = [c for c in cells if isinstance(c, str) and c.strip()]
+    hits = sum(len(c) < 4096 and "\n" not in c and Path(c.strip()).suffix.lower()
+               in AUDIO_SUFFIXES for c in filled)
+    return hits > 0 and hits * 2 >= len(filled)
+
+
+def audio_paths(cells: list[Any], base: Path | None) -> list[Path | None]:
+    """Table cells as audio file paths, a relative one resolved against ``base`` (the
+    table's folder); an empty cell stays None (a reported bad row)."""
+    out: list[Path | None] = []
+    for cell in cells:
+        if cell is None or not str(cell).strip():
+            out.append(None)
+            continue
+        path = Path(str(cell).strip()).expanduser()
+        out.append(path if path.is_absolute() or base is None else base / path)
+    return out

@@ -98,6 +98,10 @@ ISSUE_NAMES = {
     "missing_label": "missing label",
     "unseen_label": "label not present in the training data",
     "bad_image": "unreadable or truncated image",
+    "bad_audio": "unreadable, truncated, empty or missing audio file (re-export it as WAV, "
+                 "FLAC or OGG, fix the path, or drop it)",
+    "silent_audio": "silent audio clip (record it again, or drop it)",
+    "long_audio": "audio clip over the length limit (split long recordings into clips)",
     "leakage": "exact duplicate of a training example (train/test leakage)",
 }
 

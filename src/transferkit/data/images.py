@@ -1,4 +1,4 @@
-"""Images: class-per-folder trees and ``.npz`` arrays."""
+"""Images: ``.npz`` arrays and pixels (class-per-folder trees are read in ``folders``)."""
 
 from __future__ import annotations
 
@@ -12,50 +12,6 @@ from ..errors import DataError
 from .examples import IMAGE, Examples
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-SPLIT_FOLDERS = {"train": "train", "valid": "valid", "validation": "valid", "val": "valid",
-                 "test": "test"}
-
-
-def is_image_folder(path: Path) -> bool:
-    return path.is_dir() and any(p.is_dir() for p in path.iterdir())
-
-
-def read_image_folder(root: Path, require_labels: bool = True) -> dict[str, Examples]:
-    """``root/<class>/*.jpg``; or ``root/{train,valid,test}/<class>/*.jpg`` for given splits.
-
-    A folder of loose images (no class folders) is read unlabelled, for ``predict``.
-    """
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subdirs and all(p.name.lower() in SPLIT_FOLDERS for p in subdirs):
-        return {SPLIT_FOLDERS[p.name.lower()]: _read_class_tree(p) for p in subdirs}
-    if not subdirs:
-        if require_labels:
-            raise DataError(
-                f"{root}: no class folders found. Arrange images as {root}/<class>/<image>.jpg."
-            )
-        files = sorted(p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        return {"all": Examples(inputs=files, labels=None, origins=[str(p) for p in files],
-                                modality=IMAGE, source=str(root))}
-    return {"all": _read_class_tree(root)}
-
-
-def _read_class_tree(root: Path) -> Examples:
-    inputs: list[Path] = []
-    labels: list[str] = []
-    for class_dir in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for f in sorted(class_dir.rglob("*")):
-            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
-                inputs.append(f)
-                labels.append(class_dir.name)
-    if not inputs:
-        raise DataError(
-            f"{root}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))} files in "
-            f"{root}/<class>/). Check the folder layout."
-        )
-    # source is the full folder path: it must prefix every origin so that bad images count
-    # towards max_bad_fraction of this split.
-    return Examples(inputs=inputs, labels=labels, origins=[str(p) for p in inputs],
-                    modality=IMAGE, source=str(root))
 
 
 def read_npz(path: Path, require_labels: bool = True) -> Examples:

@@ -1,5 +1,8 @@
 """Text tables: CSV, TSV, JSONL, Parquet, and Hugging Face ``datasets`` (by name or on disk).
 
+A table whose input column holds audio file paths (``clips/yes_01.wav``, relative to the
+table's folder) is audio data: its examples are those paths, opened by validation.
+
 Every reader returns the table and, for each of its rows, the place the user sees: the line an
 editor shows for CSV, TSV, JSONL and TXT files (``line 12``), the row for Parquet and JSON
 arrays (``row 3``). Parsing is linear
@@ -18,11 +21,16 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import DataError
+from .audio import audio_paths, looks_like_audio_paths
 from .cells import column_list, to_examples
-from .examples import Examples
+from .examples import AUDIO, Examples
 
 TABLE_SUFFIXES = {".csv", ".tsv", ".jsonl", ".json", ".parquet", ".pq", ".txt"}
 TEXT_COLUMN_GUESSES = ("text", "sentence", "content", "review", "document", "body", "question")
+# A table without a text column may name audio files in one of these (paths relative to the
+# table's folder); any column given as --text-column that holds audio paths is read as audio.
+PATH_COLUMN_GUESSES = ("audio", "path", "file", "filename", "filepath", "audio_path",
+                       "file_path", "audio_file", "clip", "wav")
 LABEL_COLUMN_GUESSES = ("label", "labels", "category", "class", "target", "y")
 # A text table has a handful of columns; a first line with more is not a header (a file of
 # one long line, or the wrong separator), and building a frame that wide takes long.
@@ -55,8 +63,8 @@ def read_table_frame(path: Path) -> tuple[pd.DataFrame, list[str]]:
         else:
             raise DataError(
                 f"{path}: unsupported file type '{suffix}'. Use .csv, .tsv, .jsonl, .parquet or "
-                ".txt, an image folder (root/<class>/*.jpg), an .npz with 'images' and "
-                "'labels', or a Hugging Face dataset."
+                ".txt, a folder of images or audio clips (root/<class>/*.jpg, *.wav), an .npz "
+                "with 'images' and 'labels', or a Hugging Face dataset."
             )
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not valid UTF-8 text ({e}). Re-save the file as UTF-8.") from e
@@ -208,16 +216,38 @@ def pick_column(
     return None
 
 
+def pick_input_column(frame: pd.DataFrame, wanted: str | None, where: str) -> str:
+    """The text column (given or guessed); in a table without one, a column of audio file
+    paths guessed by name (``PATH_COLUMN_GUESSES``)."""
+    columns = [str(c) for c in frame.columns]
+    found = pick_column(columns, wanted, TEXT_COLUMN_GUESSES, "text", where, required=False)
+    if found is not None:
+        return found
+    found = pick_column(columns, None, PATH_COLUMN_GUESSES, "path", where, required=False)
+    if found is not None and looks_like_audio_paths(frame[found].tolist()):
+        return found
+    raise DataError(
+        f"{where}: cannot tell which column holds the text (or the audio file paths); columns "
+        f"found: {column_list(columns)}. Pass --text-column NAME."
+    )
+
+
 def frame_to_examples(
     frame: pd.DataFrame, where: str, rows: Sequence[str], text_column: str | None,
     label_column: str | None, require_labels: bool, label_names: list[str] | None = None,
+    base: Path | None = None,
 ) -> Examples:
+    """A table's examples: texts, or audio file paths (resolved against ``base``, the table's
+    folder) when the input column holds them."""
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
-    tcol = pick_column(columns, text_column, TEXT_COLUMN_GUESSES, "text", where)
+    tcol = pick_input_column(frame, text_column, where)
     lcol = pick_column(columns, label_column, LABEL_COLUMN_GUESSES, "label", where,
                        required=require_labels)
-    return to_examples(frame, where, rows, tcol, lcol, label_names)
+    examples = to_examples(frame, where, rows, tcol, lcol, label_names)
+    if looks_like_audio_paths(examples.inputs):
+        examples.inputs, examples.modality = audio_paths(examples.inputs, base), AUDIO
+    return examples
 
 
 def read_table(
@@ -226,19 +256,21 @@ def read_table(
     frame, rows = read_table_frame(path)
     if frame.empty:
         raise DataError(f"{path}: the file has no rows. Point transferkit at a file with data.")
-    return frame_to_examples(frame, path.name, rows, text_column, label_column, require_labels)
+    return frame_to_examples(frame, path.name, rows, text_column, label_column, require_labels,
+                             base=path.parent)
 
 
 def other_columns(path: Path, text_column: str | None, label_column: str | None
                   ) -> pd.DataFrame | None:
-    """The columns of a table file besides its text and label, in file order (an ``id`` to
-    join predictions back on); None for sources that are not table files."""
+    """The columns of a table file besides its input (text or audio path) and label, in file
+    order (an ``id`` to join predictions back on); None for sources that are not table
+    files."""
     if path.suffix.lower() not in TABLE_SUFFIXES or not path.is_file():
         return None
     frame, _ = read_table_frame(path)
     frame.columns = [str(c) for c in frame.columns]
     columns = list(frame.columns)
-    used = {pick_column(columns, text_column, TEXT_COLUMN_GUESSES, "text", path.name),
+    used = {pick_input_column(frame, text_column, path.name),
             pick_column(columns, label_column, LABEL_COLUMN_GUESSES, "label", path.name,
                         required=False)}
     return frame[[c for c in columns if c not in used]].reset_index(drop=True)

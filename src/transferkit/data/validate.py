@@ -12,10 +12,12 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
+from .audio import audio_problem
 from .cells import is_missing_label
-from .examples import IMAGE, ISSUE_NAMES, TEXT, DataReport, Examples, _content_bytes
+from .examples import AUDIO, IMAGE, ISSUE_NAMES, TEXT, DataReport, Examples, _content_bytes
 
-ROW_ISSUES = ("empty_text", "long_text", "missing_label", "bad_image")
+ROW_ISSUES = ("empty_text", "long_text", "missing_label", "bad_image", "bad_audio",
+              "silent_audio", "long_audio")
 # Longer texts are skipped (and reported): a model reads a few hundred tokens of a text, and
 # tokenizing one 50 MB text took 8-9 GB of memory before it was truncated.
 MAX_TEXT_CHARS = 100_000
@@ -25,6 +27,9 @@ def clean_rows(
     ex: Examples, report: DataReport, require_labels: bool, max_text_chars: int = MAX_TEXT_CHARS,
 ) -> Examples:
     """Drop rows with no usable input or (when labels are required) no label.
+
+    Audio files are opened here (``audio.audio_problem``): unreadable, truncated or empty
+    (``bad_audio``), silent (``silent_audio``) or over ``MAX_CLIP_SECONDS`` (``long_audio``).
 
     A label cell that reads empty, NA, N/A, NaN, null or None (any case) is a missing label:
     pandas would have made those NaN, and a class named "NA" is almost always a hole in the
@@ -44,6 +49,13 @@ def clean_rows(
             problem = image_problem(x)
             if problem:
                 report.add("bad_image", origin, problem)
+                continue
+        if ex.modality == AUDIO:
+            found = audio_problem(x)
+            if found:
+                kind, detail = found
+                # a folder's origin is the file; a table row's is "file line N": add the path
+                report.add(kind, origin, detail.removeprefix(f"{origin}: "))
                 continue
         label = None if ex.labels is None else ex.labels[i]
         if require_labels and is_missing_label(label):

@@ -1,12 +1,15 @@
-"""Unlabelled corpora: the texts or images of any source ``fit`` reads, labels ignored."""
+"""Unlabelled corpora: the texts, images or audio clips of any source ``fit`` reads, labels
+ignored."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from ..data import IMAGE, TEXT, DataReport, read_source, validate_examples
+from ..data import AUDIO, IMAGE, TEXT, DataReport, read_source, validate_examples
 from ..errors import DataError
+
+KIND_NAMES = {TEXT: "texts", IMAGE: "images", AUDIO: "audio clips"}
 
 
 def read_corpus(sources: list[str], modality: str, text_column: str | None = None
@@ -14,9 +17,9 @@ def read_corpus(sources: list[str], modality: str, text_column: str | None = Non
     """All inputs of every split of every source, in order, and what was read and dropped.
 
     A labelled dataset is read like an unlabelled one (its labels are ignored); rows ``fit``
-    would skip (empty or over-long texts, unreadable images) are dropped and counted. A source
-    of the wrong kind (images for a text run) is an error that names it, never a silent empty
-    corpus."""
+    would skip (empty or over-long texts, unreadable images, bad, silent or over-long audio)
+    are dropped and counted. A source of the wrong kind (images for a text run) is an error
+    that names it, never a silent empty corpus."""
     if not sources:
         raise DataError("No corpus given: pass one or more files or folders to pretrain on.")
     items: list[Any] = []
@@ -28,16 +31,16 @@ def read_corpus(sources: list[str], modality: str, text_column: str | None = Non
         n = 0
         for examples in splits.values():
             if examples.modality != modality:
-                fix = ("--modality image" if examples.modality == IMAGE else "--modality text")
+                fix = f"--modality {examples.modality}"
                 raise DataError(f"{source} holds {examples.modality} data but this is a "
                                 f"{modality} pretraining run. Pass {fix}, or another corpus.")
             usable = validate_examples(examples, DataReport(), require_labels=False)
-            report["dropped_empty"] += len(examples) - len(usable)  # empty, too long, unreadable
+            report["dropped_empty"] += len(examples) - len(usable)  # empty, too long, broken
             items += usable.inputs
             n += len(usable)
         report["sources"].append({"source": str(source), "examples": n})
     if not items:
         raise DataError(f"The corpus ({', '.join(map(str, sources))}) has no usable "
-                        f"{'texts' if modality == TEXT else 'images'}.")
+                        f"{KIND_NAMES.get(modality, modality)}.")
     report["examples"] = len(items)
     return items, report

@@ -160,6 +160,8 @@ def serve(
     max_request_pixels: Annotated[int, Opt(help="Most decoded pixels in one request, all its "
                                                 "images together.", rich_help_panel="Limits")
                                   ] = 64_000_000,
+    max_audio_seconds: Annotated[float, Opt(help="Longest audio clip in seconds.",
+                                            rich_help_panel="Limits")] = 30.0,
     header_timeout: Annotated[float, Opt(help="Seconds a client has to send a whole request "
                                               "head (408 after).",
                                          rich_help_panel="Connections")] = 10.0,
@@ -181,7 +183,7 @@ def serve(
 
     limits = Limits(max_body_bytes=int(max_body_mb * 1024 * 1024), max_examples=max_examples,
                     max_text_chars=max_text_chars, max_image_pixels=max_image_pixels,
-                    max_request_pixels=max_request_pixels)
+                    max_request_pixels=max_request_pixels, max_audio_seconds=max_audio_seconds)
     connections = ConnectionLimits(header_timeout_s=header_timeout, body_timeout_s=body_timeout,
                                    max_connections=max_connections,
                                    shutdown_timeout_s=shutdown_timeout)

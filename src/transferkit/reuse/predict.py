@@ -18,6 +18,13 @@ if TYPE_CHECKING:
     from .engine_base import Engine
 
 
+_WHAT_TO_GIVE = {
+    TEXT: "a CSV/JSONL/Parquet/TXT file of texts",
+    "audio": "a folder of audio clips (.wav/.flac/.ogg) or a CSV/JSONL/Parquet with a column "
+             "of audio file paths",
+}
+
+
 def predict_file(
     engine: Engine, source: str | Path, output: str | Path, *, text_column: str | None = None,
     overwrite: bool = False, inputs: tuple[Any, ...] = (), max_text_chars: int = MAX_TEXT_CHARS,
@@ -35,8 +42,7 @@ def predict_file(
         raise DataError(
             f"{source} holds {examples.modality} inputs, but the model reads "
             f"{engine.modality}: give it {engine.modality} inputs ("
-            + ("a CSV/JSONL/Parquet/TXT file of texts" if engine.modality == TEXT else
-               "a folder of images or an .npz file") + ").")
+            + _WHAT_TO_GIVE.get(engine.modality, "a folder of images or an .npz file") + ").")
     report = DataReport()
     usable = validate_examples(examples, report, require_labels=False,
                                max_text_chars=max_text_chars)

@@ -46,10 +46,12 @@ from ..errors import ArtifactError, ConfigError
 from .serve_batching import MicroBatcher, Overloaded
 from .serve_http import TIMED_OUT, ConnectionLimits, ShutdownGuard, build_server, run_server
 from .serve_limits import (
+    INPUT_FIELDS,
     BodyLimit,
     Limits,
     PredictRequest,
     RequestError,
+    decode_audio,
     decode_images,
     example,
     parse_json_request,
@@ -158,7 +160,7 @@ def create_app(engine: Any, options: ServeOptions | None = None,
         return {**metadata, "serving": batcher.stats()}
 
     @app.post(
-        "/predict", summary="Labels and probabilities for a batch of texts or images.",
+        "/predict", summary="Labels and probabilities for a batch of texts, images or audio.",
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": PredictRequest.model_json_schema()},
             MULTIPART: {"schema": {"type": "object", "properties": {"images": {
@@ -176,27 +178,27 @@ def create_app(engine: Any, options: ServeOptions | None = None,
         media = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if media in JSON_TYPES or media.endswith("+json"):
             inputs = parse_json_request(await request.body(), modality, limits)
-            names = [f"images[{i}]" for i in range(len(inputs))]
+            names = [f"{INPUT_FIELDS[modality]}[{i}]" for i in range(len(inputs))]
         elif media == MULTIPART:
-            if modality != "image":
+            if modality == "text":
                 raise RequestError(422, f"This model classifies texts; send "
                                         f"{example('text')} as application/json.")
             inputs = await parse_multipart(request, limits)
             names = [f"file {i + 1}" for i in range(len(inputs))]
-        elif media.startswith("image/") and modality == "image":
+        elif modality != "text" and media.startswith(f"{modality}/"):
             inputs = [await request.body()]
-            names = ["the image body"]
+            names = [f"the {modality} body"]
         else:
             raise RequestError(415, f"Unsupported media type '{media or 'none'}'. Send "
                                     f"application/json ({example(modality)})"
-                                    + (", multipart/form-data with image files, or an image/* "
-                                       "body" if modality == "image" else "") + ".")
-        if modality == "image":  # decoding is CPU work: keep it off the event loop
+                                    + (f", multipart/form-data with {modality} files, or an "
+                                       f"{modality}/* body" if modality != "text" else "") + ".")
+        if modality != "text":  # decoding is CPU work: keep it off the event loop
             from starlette.concurrency import run_in_threadpool
 
             encoded = inputs
-            inputs = await run_in_threadpool(
-                lambda: decode_images(names, encoded, limits))
+            decode = decode_images if modality == "image" else decode_audio
+            inputs = await run_in_threadpool(lambda: decode(names, encoded, limits))
         try:
             proba = await batcher.submit(inputs)
         except Overloaded:

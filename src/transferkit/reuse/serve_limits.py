@@ -31,6 +31,10 @@ class Limits:
     # not cost gigabytes (16 black 6000x6000 PNGs are 747 KB and 576 M pixels). 64 M pixels
     # decode to ~190 MB of RGB.
     max_request_pixels: int = 64_000_000
+    # A clip of audio, and all clips of one request together, in seconds of sound (read from
+    # the file's header before any sample is decoded): 10 minutes of 16 kHz mono is 38 MB.
+    max_audio_seconds: float = 30.0
+    max_request_audio_seconds: float = 600.0
 
 
 class RequestError(Exception):
@@ -44,7 +48,7 @@ class RequestError(Exception):
 
 class PredictRequest(BaseModel):
     """A JSON batch: ``texts`` for a text model, ``images`` (base64 or data URLs) for an image
-    model."""
+    model, ``audio`` (base64 WAV/FLAC/OGG files or data URLs) for an audio model."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -52,6 +56,9 @@ class PredictRequest(BaseModel):
     images: list[str] | None = Field(
         default=None, description="Images as base64 strings or data URLs "
                                   "(data:image/png;base64,...).")
+    audio: list[str] | None = Field(
+        default=None, description="Audio files (WAV, FLAC, OGG) as base64 strings or data URLs "
+                                  "(data:audio/flac;base64,...).")
 
 
 def _pydantic_message(e: ValidationError) -> str:
@@ -77,12 +84,12 @@ def parse_json_request(body: bytes, modality: str, limits: Limits) -> list[Any]:
     except ValidationError as e:
         raise RequestError(422, f"Malformed request: {_pydantic_message(e)}. Send "
                                 f'{example(modality)}.') from None
-    given = [k for k in ("texts", "images") if getattr(request, k) is not None]
+    given = [k for k in INPUT_FIELDS.values() if getattr(request, k) is not None]
     if len(given) != 1:
-        raise RequestError(422, f"Send exactly one of 'texts' or 'images' "
-                                f"(got {', '.join(given) or 'neither'}): {example(modality)}.")
+        raise RequestError(422, f"Send exactly one of 'texts', 'images' or 'audio' "
+                                f"(got {', '.join(given) or 'none'}): {example(modality)}.")
     key = given[0]
-    wanted = "texts" if modality == "text" else "images"
+    wanted = INPUT_FIELDS.get(modality, "texts")
     if key != wanted:
         raise RequestError(422, f"This model classifies {modality}s; send "
                                 f"{example(modality)}, not '{key}'.")
@@ -90,13 +97,21 @@ def parse_json_request(body: bytes, modality: str, limits: Limits) -> list[Any]:
     _check_count(len(items), limits)
     if key == "texts":
         return [_check_text(i, t, limits) for i, t in enumerate(items)]
-    return [_decode_base64(i, s) for i, s in enumerate(items)]
+    return [_decode_base64(f"{key}[{i}]", s) for i, s in enumerate(items)]
+
+
+# The JSON field that carries each modality's examples.
+INPUT_FIELDS = {"text": "texts", "image": "images", "audio": "audio"}
 
 
 def example(modality: str) -> str:
-    return ('{"texts": ["first text", "second text"]}' if modality == "text"
-            else '{"images": ["<base64>", "data:image/png;base64,<base64>"]}, or a multipart '
-                 'form with image files')
+    if modality == "text":
+        return '{"texts": ["first text", "second text"]}'
+    if modality == "audio":
+        return ('{"audio": ["<base64 of a WAV/FLAC/OGG file>"]}, a multipart form with audio '
+                'files, or an audio/* body')
+    return ('{"images": ["<base64>", "data:image/png;base64,<base64>"]}, or a multipart '
+            'form with image files')
 
 
 def _check_count(n: int, limits: Limits) -> None:
@@ -122,17 +137,16 @@ def _check_text(i: int, text: str, limits: Limits) -> str:
     return text
 
 
-def _decode_base64(i: int, value: str) -> bytes:
-    where = f"images[{i}]"
+def _decode_base64(where: str, value: str) -> bytes:
     if value.startswith("data:"):
         header, sep, value = value.partition(",")
         if not sep or not header.endswith(";base64"):
             raise RequestError(422, f"{where}: a data URL must look like "
-                                    "data:image/png;base64,<base64>.")
+                                    "data:<media type>;base64,<base64>.")
     try:  # whitespace is dropped: `base64` wraps its output every 76 characters
         return base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError):
-        raise RequestError(422, f"{where} is not valid base64. Encode the image file's bytes "
+        raise RequestError(422, f"{where} is not valid base64. Encode the file's bytes "
                                 "with base64 (or send a multipart form).") from None
 
 
@@ -182,6 +196,48 @@ def _decode(where: str, image: Any) -> Any:
         return np.asarray(image.convert("RGB"))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise RequestError(422, f"{where} is truncated or corrupt ({e}).") from None
+
+
+def decode_audio(names: list[str], blobs: list[bytes], limits: Limits) -> list[Any]:
+    """Encoded audio files -> ``Clip``s. Each file's duration is read from its header, and
+    checked alone and summed over the request, before any sample is decoded; a file that is
+    not audio, truncated, empty or silent is a 422 naming it."""
+    import soundfile as sf
+
+    from ..data.audio import Clip, audio_problem
+
+    total = 0.0
+    for name, data in zip(names, blobs, strict=True):
+        if not data:
+            raise RequestError(422, f"{name} is empty.")
+        try:
+            seconds = sf.info(io.BytesIO(data)).duration
+        except Exception:  # libsndfile: not audio, unknown format
+            raise RequestError(422, f"{name} is not audio soundfile can read (send WAV, FLAC "
+                                    "or OGG).") from None
+        if seconds > limits.max_audio_seconds:
+            raise RequestError(413, f"{name} is {seconds:.1f} s long; the limit is "
+                                    f"{limits.max_audio_seconds:g} s. Cut it into shorter "
+                                    "clips.")
+        total += seconds
+        if total > limits.max_request_audio_seconds:
+            raise RequestError(413, f"{name} brings this request to {total:.1f} s of audio; "
+                                    f"the limit per request is "
+                                    f"{limits.max_request_audio_seconds:g} s. Send fewer "
+                                    "clips per request.")
+    clips = []
+    for name, data in zip(names, blobs, strict=True):
+        try:
+            samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        except Exception as e:  # a header that reads but frames that do not: truncated
+            raise RequestError(422, f"{name} is truncated or corrupt ({e}).") from None
+        clip = Clip(samples, int(rate), name)
+        found = audio_problem(clip)
+        if found:
+            raise RequestError(422, f"{name}: {found[1].removeprefix(f'{name}: ')} "
+                                    f"({found[0].replace('_', ' ')}).")
+        clips.append(clip)
+    return clips
 
 
 async def parse_multipart(request: Request, limits: Limits) -> list[bytes]:

@@ -18,7 +18,7 @@ LAYERS = [
     {"data"},
     {"backbones"},
     {"train"},
-    {"adapt", "pretrain", "select"},
+    {"adapt", "pretrain", "select", "recommend"},
     {"artifact"},
     {"classifier"},
     {"evaluate", "reuse"},

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import TransferkitError
+from .recommend import recommend_app
 
 app = typer.Typer(
     name="transferkit", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
@@ -19,6 +20,7 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
+app.add_typer(recommend_app, name="recommend")  # `transferkit recommend fit | predict`
 
 Opt = typer.Option
 

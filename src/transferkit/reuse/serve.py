@@ -291,6 +291,14 @@ def serve(
     # cores this was measured to slow a one-text torch forward pass from 23 ms to 1,160 ms.
     # (Only effective before torch is imported, which the CLI path guarantees.)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from ..recommend.recommender import is_recommender_run
+
+    if is_recommender_run(run_dir):  # a `recommend fit` run: POST /recommend instead
+        from .serve_recommend import serve_recommender
+
+        return serve_recommender(run_dir, host=host, port=port, api_key=api_key,
+                                 limits=limits, connections=connections,
+                                 access_log=access_log, log_level=log_level)
     start = time.perf_counter()
     loaded = load_engine(run_dir, engine=engine, int8=int8, precision=precision,
                          batch_size=model_batch or DEFAULT_MODEL_BATCH[engine])

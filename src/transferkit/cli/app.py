@@ -12,6 +12,7 @@ from rich.table import Table
 
 from ..errors import TransferkitError
 from .recommend import recommend_app
+from .strategy_flags import parse_options  # noqa: F401  (fit, study and cli import it here)
 
 app = typer.Typer(
     name="transferkit", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
@@ -39,29 +40,6 @@ def _root(version: Annotated[bool, Opt("--version", callback=_show_version, is_e
     """Adapt a pretrained model to your labelled data, evaluate it, and reuse it.
 
     Start with `transferkit demo`, then `transferkit fit DATA --out runs/first`."""
-
-
-def parse_options(pairs: list[str] | None) -> dict[str, Any]:
-    """``["loss=batch_hard", "lr=1e-4"]`` -> ``{"loss": "batch_hard", "lr": 0.0001}``.
-
-    Values are read as YAML scalars (numbers, true/false, null), with one fix: YAML 1.1
-    reads ``1e-4`` (no dot) as a string, and learning rates are written that way."""
-    import yaml
-
-    options: dict[str, Any] = {}
-    for pair in pairs or []:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
-            raise TransferkitError(f"--option '{pair}' is not KEY=VALUE; write e.g. "
-                                   "--option loss=batch_hard.")
-        value: Any = yaml.safe_load(raw) if raw.strip() else ""
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        options[key.strip().replace("-", "_")] = value
-    return options
 
 
 def _with_progress(job: Any) -> Any:

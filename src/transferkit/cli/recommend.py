@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..errors import DataError
+from .strategy_flags import parse_options
 
 recommend_app = typer.Typer(
     name="recommend", no_args_is_help=True, add_completion=False, rich_markup_mode=None,
@@ -46,6 +47,15 @@ def fit_command(
                                           "(their latest, when there are timestamps).")] = 0.2,
     tune: Annotated[str, Opt(help="ALS settings searched on a validation split: small, full "
                                   "(a wider grid, ~40 fits), none.")] = "small",
+    strategy: Annotated[str, Opt(help="The text encoder: probe (frozen, the default) or a "
+                                      "fine-tuning strategy (partial, full, gradual, bitfit, "
+                                      "lora) that tunes it on the training interactions "
+                                      "toward the ALS item factors, stopping early on a "
+                                      "validation split (slower; see docs/recommend.md).")
+                        ] = "probe",
+    option: Annotated[list[str] | None, Opt(
+        "--option", "-o", help="A fine-tuning strategy's option as KEY=VALUE, repeatable, "
+        "e.g. -o epochs=5 -o lr=1e-4 (`transferkit strategies NAME` lists them).")] = None,
     seed: Annotated[int, Opt(help="Seed for the split, the models and the bootstrap.")] = 0,
     threads: Annotated[int, Opt(help="Threads for ALS / BPR.")] = 1,
     user_column: Annotated[str | None, Opt(help="User id column.")] = None,
@@ -69,7 +79,8 @@ def fit_command(
         default_model=default_model, cold_share=cold_share, test_share=test_share, seed=seed,
         tune=tune, threads=threads, user_column=user_column, item_column=item_column,
         rating_column=rating_column, time_column=time_column, strict=strict,
-        cache=not no_cache, overwrite=overwrite)
+        cache=not no_cache, overwrite=overwrite, strategy=strategy,
+        strategy_options=parse_options(option))
     for line in result.data_lines:
         Console(stderr=True).print(f"[yellow]data:[/] {line}", highlight=False, soft_wrap=True)
     table = Table(title="test metrics (warm items | cold items)")

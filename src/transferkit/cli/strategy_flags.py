@@ -16,6 +16,8 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from ..errors import TransferkitError
+
 CATALOGUE: dict[str, Any] = json.loads(
     (Path(__file__).with_name("strategy_options.json")).read_text())
 STRATEGY_NAMES = tuple(CATALOGUE)
@@ -84,3 +86,26 @@ def with_strategy_flags(command: Callable[..., Any]) -> Callable[..., Any]:
     wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     wrapper.__annotations__ = {p.name: p.annotation for p in params}
     return wrapper
+
+
+def parse_options(pairs: list[str] | None) -> dict[str, Any]:
+    """``["loss=batch_hard", "lr=1e-4"]`` -> ``{"loss": "batch_hard", "lr": 0.0001}``.
+
+    Values are read as YAML scalars (numbers, true/false, null), with one fix: YAML 1.1
+    reads ``1e-4`` (no dot) as a string, and learning rates are written that way."""
+    import yaml
+
+    options: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise TransferkitError(f"--option '{pair}' is not KEY=VALUE; write e.g. "
+                                   "--option loss=batch_hard.")
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        options[key.strip().replace("-", "_")] = value
+    return options

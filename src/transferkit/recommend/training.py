@@ -8,6 +8,7 @@ ranked at random per user) is evaluated beside them as the floor.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,6 +42,7 @@ class Trained:
     models: dict[str, Vectors]
     matrix: sp.csr_matrix  # the training interactions (users x items)
     text_map: TextMap | None = None
+    embeddings: np.ndarray | None = None  # the item texts' embeddings the models used
     tuning: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, dict[str, float]] = field(default_factory=dict)  # model -> tune, fit
 
@@ -63,9 +65,16 @@ def check_models(models: list[str] | tuple[str, ...]) -> list[str]:
 
 def train_models(data: Interactions, n_items: int, split: Split, embeddings: np.ndarray, *,
                  models: list[str] | tuple[str, ...], seed: int = 0, threads: int = 1,
-                 grid: str = "small", validation_share: float = 0.2) -> Trained:
+                 grid: str = "small", validation_share: float = 0.2,
+                 tune_encoder: Callable[..., tuple[np.ndarray, dict[str, Any]]] | None = None
+                 ) -> Trained:
     """Fit ``models`` on ``split.train``; ALS (and BPR) settings and the hybrid's text map
-    are chosen on a validation split of the training rows (``tuning``)."""
+    are chosen on a validation split of the training rows (``tuning``).
+
+    ``tune_encoder`` (``encoder.EncoderTuner``, ``--strategy`` other than probe): called with
+    the validation split and ALS's chosen settings once they are known, it fine-tunes the
+    text encoder and returns the catalogue's new embeddings, which every text model (the
+    hybrid's map, the content model) then uses."""
     models = check_models(models)
     if grid not in GRIDS:
         raise ConfigError(f"Unknown tuning grid '{grid}'; choose from {', '.join(GRIDS)}.")
@@ -89,9 +98,6 @@ def train_models(data: Interactions, n_items: int, split: Split, embeddings: np.
 
     if "popularity" in models:
         trained.models["popularity"] = timed("popularity", 0.0, lambda: fit_popularity(matrix))
-    if "content" in models:
-        trained.models["content"] = timed("content", 0.0,
-                                          lambda: fit_content(matrix, embeddings))
     if "als" in models or "hybrid" in models:
         start = time.perf_counter()
         als_params, trials = tune_als(val, grid, seed=seed, threads=threads)
@@ -101,6 +107,11 @@ def train_models(data: Interactions, n_items: int, split: Split, embeddings: np.
                                                    **als_params))
         if "als" in models:
             trained.models["als"] = als
+        if "hybrid" in models and tune_encoder is not None:
+            start = time.perf_counter()
+            embeddings, trained.tuning["encoder"] = tune_encoder(
+                val, als_params, embeddings, seed=seed, threads=threads)
+            tune_s += time.perf_counter() - start
         if "hybrid" in models:
             start = time.perf_counter()
             choice, map_trials = choose_text_map(val, embeddings, als_params, seed=seed,
@@ -116,6 +127,10 @@ def train_models(data: Interactions, n_items: int, split: Split, embeddings: np.
 
             trained.models["hybrid"] = timed("hybrid", tune_s + map_tune_s, fit_hybrid)
             trained.seconds["hybrid"]["fit"] += trained.seconds["als"]["fit"]
+    if "content" in models:
+        trained.models["content"] = timed("content", 0.0,
+                                          lambda: fit_content(matrix, embeddings))
+    trained.embeddings = embeddings
     if "bpr" in models:
         start = time.perf_counter()
         bpr_params, trials = tune_bpr(val, seed=seed, threads=threads)

@@ -24,6 +24,7 @@ from ..artifact.store import share_weights
 from ..errors import ConfigError
 from ..evaluate.recommend_report import write_recommend_report
 from ..recommend.embed import embed_texts, text_backbone
+from ..recommend.encoder import FROZEN, EncoderTuner, check_strategy
 from ..recommend.interactions import read_recommendation_data
 from ..recommend.models import DEFAULT_MODELS
 from ..recommend.recommender import BACKBONE_DIR, Recommender
@@ -52,9 +53,12 @@ def recommend_fit(
     rating_column: str | None = None, time_column: str | None = None, strict: bool = False,
     max_bad_fraction: float = 0.2, batch_size: int = 32, max_length: int | None = None,
     cache: bool = True, overwrite: bool = False, progress: Progress | None = None,
+    strategy: str = FROZEN, strategy_options: dict[str, Any] | None = None,
 ) -> RecommendResult:
     """Everything ``transferkit recommend fit`` does; every option is checked before any
-    file is read."""
+    file is read. ``strategy``: ``probe`` keeps the text encoder frozen (the default); a
+    fine-tuning strategy of the registry (``partial``, ``full``, ``lora``...) with
+    ``strategy_options`` tunes it on the training interactions first (``recommend.encoder``)."""
     start = time.perf_counter()
     if isinstance(item_text, str):
         item_text = [c.strip() for c in item_text.split(",") if c.strip()]
@@ -65,12 +69,18 @@ def recommend_fit(
                           f"({', '.join(models)}); add it there or choose one of them.")
     if tune not in GRIDS:
         raise ConfigError(f"--tune {tune}: choose one of {', '.join(GRIDS)}.")
+    tuning = check_strategy(strategy, strategy_options)
+    if tuning is not None and "hybrid" not in models:
+        raise ConfigError(f"--strategy {strategy} fine-tunes the text encoder toward the "
+                          "hybrid's ALS factors; add hybrid to --models, or use --strategy "
+                          f"{FROZEN}.")
     out = Path(out) if out is not None else fresh_run_dir(str(interactions), "recommend")
     options = {"interactions": str(interactions), "items": str(items), "item_text": item_text,
                "backbone": backbone, "models": models, "default_model": default_model,
                "cold_share": cold_share, "test_share": test_share, "seed": seed, "tune": tune,
                "user_column": user_column, "item_column": item_column,
-               "rating_column": rating_column, "time_column": time_column}
+               "rating_column": rating_column, "time_column": time_column,
+               "strategy": strategy, "strategy_options": dict(strategy_options or {})}
     with staged_output(out, overwrite, kind="recommend", inputs=[interactions, items]) as stage:
         data, catalogue, report = read_recommendation_data(
             interactions, items, item_text=item_text, user_column=user_column,
@@ -79,23 +89,35 @@ def recommend_fit(
         split = split_rows(data.users, data.items, data.times, cold_share=cold_share,
                            test_share=test_share, seed=seed)
         encoder = text_backbone(backbone, max_length=max_length)
+        if tuning is not None and encoder.frozen_only:
+            raise ConfigError(f"--backbone {backbone} cannot be trained (its weights are not "
+                              f"a torch model); use --strategy {FROZEN} with it, or another "
+                              "backbone.")
         embeddings, embedding = embed_texts(encoder, catalogue.texts, catalogue.origins,
                                             cache=cache, batch_size=batch_size,
                                             progress=progress)
+        tuner = None if tuning is None else EncoderTuner(
+            encoder, catalogue.texts, catalogue.origins, tuning, batch_size=batch_size,
+            cache=cache, run_dir=stage, progress=progress)
         trained = train_models(data, len(catalogue), split, embeddings, models=models,
-                               seed=seed, threads=threads, grid=tune)
+                               seed=seed, threads=threads, grid=tune, tune_encoder=tuner)
+        tuned = trained.tuning.get("encoder")
         results = evaluate_models(trained, data, split, seed=seed)
         config = {"default_model": default_model, "item_text": item_text,
                   "item_column": item_column, "backbone": encoder.describe(),
                   "embedding_precision": embedding["precision"], "seed": seed,
+                  "strategy": strategy,
+                  "strategy_options": tuned["options"] if tuned else {},
                   "split": split.summary(len(data.user_ids), len(catalogue))}
         recommender = Recommender(trained.models, data.user_ids, catalogue.ids, catalogue.names,
-                                  trained.matrix.tocsr(), embeddings, trained.text_map, config,
+                                  trained.matrix.tocsr(), trained.embeddings, trained.text_map,
+                                  config,
                                   out)
         recommender.save(stage)
-        _save_backbone(encoder, stage)
+        _save_backbone(encoder, stage, shared=tuned is None)
         run = {"title": f"{Path(str(interactions)).name} · recommend · {backbone}",
                "default_model": default_model, "backbone": backbone, "seed": seed,
+               "strategy": strategy, "encoder": tuned,
                "seconds": trained.seconds, "embedding": embedding,
                "settings": _settings(trained.models), "tuning": trained.tuning,
                "text_map_trials": trained.tuning.get("text_map", {}).get("trials", []),
@@ -113,13 +135,15 @@ def recommend_fit(
                            report=out / "report.html", seconds=run, data_lines=report.lines())
 
 
-def _save_backbone(encoder: Any, stage: Path) -> None:
-    """The text encoder, for new items at predict time; unchanged pretrained weights are
-    hard links to one cached copy (``artifact.store.share_weights``)."""
+def _save_backbone(encoder: Any, stage: Path, shared: bool) -> None:
+    """The text encoder, for new items at predict time (a fine-tuned one with its tuned
+    weights); unchanged pretrained weights (``shared``) are hard links to one cached copy
+    (``artifact.store.share_weights``)."""
     tmp = make_temp_dir(".backbone.", stage)
     try:
         encoder.save(tmp)
-        share_weights(tmp)
+        if shared:
+            share_weights(tmp)
         tmp.rename(stage / BACKBONE_DIR)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

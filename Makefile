@@ -20,6 +20,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --no-compile torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install --quiet --no-compile -e '.[dev,bundled]'
+	$(BIN)/pip install --quiet --no-compile --no-deps resemblyzer==0.1.4
 	$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null || true
 	touch $(STAMP)
 

@@ -16,12 +16,13 @@ import datasets
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import DATA
 from PIL import Image
 
 from transferkit.data import IMAGE, TEXT, Examples, issue_summary, load_data, read_source
 from transferkit.errors import DataError
 
-SHARED = Path("/work/shared/data")
+SHARED = DATA
 TABLE_FORMATS = [".csv", ".tsv", ".jsonl", ".parquet"]
 
 datasets.disable_progress_bars()

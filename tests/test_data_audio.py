@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
+from conftest import DATA
 from PIL import Image
 
 from transferkit.data import (
@@ -39,7 +40,7 @@ from transferkit.data.tables import other_columns
 from transferkit.errors import DataError
 from transferkit.pretrain.corpus import read_corpus
 
-KEYWORDS = Path("/work/shared/data/keywords_espeak")
+KEYWORDS = DATA / "keywords_espeak"
 RATE = 16000
 
 

@@ -44,14 +44,15 @@ class Classifier:
     def __init__(
         self, backbone: str | Backbone = "minilm", strategy: str = "probe", *,
         strategy_options: dict[str, Any] | None = None, pooling: str | None = None,
-        max_length: int | None = None, image_size: int | None = None, seed: int = 0,
+        max_length: int | None = None, image_size: int | None = None,
+        clip_seconds: float | None = None, seed: int = 0,
         batch_size: int = 32, precision: str = "auto", device: str | None = "auto",
         cache: bool = True, trust_remote_code: bool = False,
     ) -> None:
         self.backbone_spec = backbone
         # trust_remote_code: run code shipped with a hub/folder model (refused otherwise)
         self.backbone_options = {"pooling": pooling, "max_length": max_length,
-                                 "image_size": image_size,
+                                 "image_size": image_size, "clip_seconds": clip_seconds,
                                  "trust_remote_code": trust_remote_code}
         self.strategy = get_strategy(strategy, strategy_options)
         self.context = FitContext(seed=seed, batch_size=batch_size, precision=precision,

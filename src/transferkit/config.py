@@ -41,6 +41,8 @@ class FitConfig(BaseModel):
     pooling: Literal["mean", "cls", "max", "last"] | None = None
     max_length: int | None = Field(default=None, ge=1)
     image_size: int | None = Field(default=None, ge=16)
+    # audio: every clip cut or padded to this many seconds (None: DEFAULT_CLIP_SECONDS, 1.0)
+    clip_seconds: float | None = Field(default=None, gt=0, le=60)
     strategy: str = "probe"
     strategy_options: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0

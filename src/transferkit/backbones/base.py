@@ -72,6 +72,11 @@ class Backbone(nn.Module):
         source-label predictions (LEEP, NCE) use it."""
         return None
 
+    def onnx_problem(self) -> str | None:
+        """Why this backbone cannot be written into an ONNX graph (a sentence the export's
+        error shows), or None when it can."""
+        return None
+
     def parameter_count(self) -> int:
         """Number of weights (the target-blind "bigger model first" ranking uses it);
         backbones whose weights are not torch parameters override it."""

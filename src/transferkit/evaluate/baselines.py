@@ -26,22 +26,19 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.model_selection import StratifiedKFold
-from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from ..adapt.base import label_indices
-from ..adapt.probe import make_logreg_cv
 from ..backbones.vision import to_pil
-from ..data.examples import IMAGE, TEXT, Dataset, Examples
-from ..metrics import compute_metrics
+from ..data.examples import AUDIO, IMAGE, TEXT, Dataset, Examples
 from ..train.batches import Batches, TensorBatches
 from ..train.config import RunSettings
-from ..train.recipe import SCRATCH_CONFIG, RecipeResult, fit_from_scratch
+from ..train.recipe import SCRATCH_CONFIG, fit_from_scratch
+from .baseline_tools import batch_size_for, forward_flops, logreg_baseline, recipe_result
+from .baselines_audio import logmel_cnn_baseline, mfcc_logreg_baseline
 
 Baseline = Callable[[Dataset, int], dict[str, Any]]
-LOGREG_CS = np.logspace(-4, 2, 7)
 
 
 def image_tensor(ex: Examples, size: int = 32) -> torch.Tensor:
@@ -60,42 +57,16 @@ def _pixels(ex: Examples, size: int = 32) -> np.ndarray:
     return image_tensor(ex, size).reshape(len(ex), -1).numpy()
 
 
-def _logreg(data: Dataset, seed: int, name: str, features: Any, x_train: Any, x_test: Any
-            ) -> dict[str, Any]:
-    """``features`` (a scikit-learn transformer) then L2 logistic regression, C chosen by
-    stratified cross-validation within the budget, as the probe chooses its own: neither
-    side is handicapped."""
-    start = time.perf_counter()
-    y = label_indices(data.train, data.classes)
-    folds = max(2, min(5, int(np.bincount(y).min())))
-    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    clf = make_logreg_cv(LOGREG_CS, cv, 3000, seed)
-    model = make_pipeline(features, clf)
-    model.fit(x_train, y)
-    seconds = time.perf_counter() - start
-    proba = model.predict_proba(x_test)
-    metrics = compute_metrics(label_indices(data.test, data.classes), proba, data.classes)
-    params = int(clf.coef_.size + clf.intercept_.size)
-    # no optimizer steps to count (L-BFGS runs to convergence); examples_seen counts the
-    # examples handed to the fits: every fold at every C, then the refit on the whole budget
-    cost = {"examples_seen": len(y) * ((folds - 1) * len(LOGREG_CS) + 1), "steps": None,
-            "examples_evaluated": len(y) * len(LOGREG_CS), "trainable_params": params,
-            "total_params": params, "train_flops": None, "wall_seconds": seconds}
-    return {"name": name, "metrics": metrics, "seconds": time.perf_counter() - start,
-            "n_train": len(data.train), "cost": cost,
-            "chosen": {"C": float(np.atleast_1d(clf.C_)[0]), "cv_folds": folds}}
-
-
 def tfidf_logreg_baseline(data: Dataset, seed: int = 0) -> dict[str, Any]:
     """TF-IDF of word unigrams and bigrams (sublinear tf) + logistic regression."""
     tfidf = TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True)
-    return _logreg(data, seed, "TF-IDF + logistic regression", tfidf, data.train.inputs,
+    return logreg_baseline(data, seed, "TF-IDF + logistic regression", tfidf, data.train.inputs,
                    data.test.inputs)
 
 
 def pixels_logreg_baseline(data: Dataset, seed: int = 0) -> dict[str, Any]:
     """Standardised raw pixels + logistic regression."""
-    return _logreg(data, seed, "raw pixels + logistic regression", StandardScaler(),
+    return logreg_baseline(data, seed, "raw pixels + logistic regression", StandardScaler(),
                    _pixels(data.train), _pixels(data.test))
 
 
@@ -193,43 +164,6 @@ def small_cnn(n_classes: int, size: int = 32, channels: int = 1) -> nn.Sequentia
         nn.Flatten(), nn.Dropout(0.3), nn.Linear(64 * (size // 4) ** 2, n_classes))
 
 
-def _batch_size(n: int, low: int, high: int) -> int:
-    """About 16 steps an epoch, within [low, high]: few examples still get several updates
-    an epoch, many get batches large enough to keep the CPU busy."""
-    return int(min(high, max(low, n // 16)))
-
-
-def _forward_flops(model: nn.Module, batch: dict[str, torch.Tensor]) -> float:
-    """Forward FLOPs of one example, counted by torch on a real batch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    device = next(model.parameters()).device
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model.eval()(**{k: v.to(device) for k, v in batch.items()})
-    return counter.get_total_flops() / max(1, len(next(iter(batch.values()))))
-
-
-def _predict_proba(model: nn.Module, batches: Batches, size: int = 512) -> np.ndarray:
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.inference_mode():
-        parts = [torch.softmax(model(**{k: v.to(device) for k, v in batches.collate(
-            list(range(s, min(s + size, len(batches))))).items()}).float(), -1).cpu()
-                 for s in range(0, len(batches), size)]
-    return torch.cat(parts).numpy()
-
-
-def _result(name: str, data: Dataset, fitted: RecipeResult, test: Batches, start: float
-            ) -> dict[str, Any]:
-    """The baselines' common shape, plus what training cost and what tuning chose."""
-    proba = _predict_proba(fitted.model, test)
-    metrics = compute_metrics(label_indices(data.test, data.classes), proba, data.classes)
-    return {"name": name, "metrics": metrics, "seconds": time.perf_counter() - start,
-            "n_train": len(data.train), "cost": fitted.cost, "chosen": fitted.chosen,
-            "search": fitted.info}
-
-
 def fasttext_baseline(data: Dataset, seed: int = 0, *, buckets: int = 2 ** 18, dim: int = 64,
                       lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2), max_epochs: int = 30,
                       patience: int = 3) -> dict[str, Any]:
@@ -250,9 +184,9 @@ def fasttext_baseline(data: Dataset, seed: int = 0, *, buckets: int = 2 ** 18, d
         # stops on the validation loss: a few hundred sentences make accuracy a coarse signal,
         # and the zero-initialised output layer's first epochs often tie the untrained model
         cfg=replace(SCRATCH_CONFIG, metric="loss"),
-        run=RunSettings(precision="fp32", batch_size=_batch_size(len(train), 32, 256)),
+        run=RunSettings(precision="fp32", batch_size=batch_size_for(len(train), 32, 256)),
         flops_per_example=mean_ids * dim + 2.0 * dim * n_classes)  # bag mean + linear layer
-    return _result("fastText-style (hashed n-grams) from scratch", data, fitted, test, start)
+    return recipe_result("fastText-style (hashed n-grams) from scratch", data, fitted, test, start)
 
 
 def small_cnn_baseline(data: Dataset, seed: int = 0, epochs: int = 40, size: int = 32, *,
@@ -271,14 +205,14 @@ def small_cnn_baseline(data: Dataset, seed: int = 0, epochs: int = 40, size: int
         data.train, data.classes), n_classes, pad=pad, flip=flip)
     test = TensorBatches(image_tensor(data.test, size), label_indices(data.test, data.classes),
                          n_classes)
-    flops = _forward_flops(small_cnn(n_classes, size), train.collate([0]))
+    flops = forward_flops(small_cnn(n_classes, size), train.collate([0]))
     fitted = fit_from_scratch(
         lambda: small_cnn(n_classes, size), train.subset, train.labels, lrs=lrs,
         max_epochs=epochs, patience=patience, seed=seed, max_examples=max_examples,
         cfg=replace(SCRATCH_CONFIG, weight_decay=1e-4),
-        run=RunSettings(precision="fp32", batch_size=_batch_size(len(train), 32, 128)),
+        run=RunSettings(precision="fp32", batch_size=batch_size_for(len(train), 32, 128)),
         flops_per_example=flops)
-    return _result("small CNN from scratch", data, fitted, test, start)
+    return recipe_result("small CNN from scratch", data, fitted, test, start)
 
 
 def no_pretraining_baselines(modality: str) -> dict[str, Baseline]:
@@ -289,12 +223,17 @@ def no_pretraining_baselines(modality: str) -> dict[str, Baseline]:
         return {"tfidf-logreg": tfidf_logreg_baseline, "fasttext": fasttext_baseline}
     if modality == IMAGE:
         return {"pixels-logreg": pixels_logreg_baseline, "small-cnn": small_cnn_baseline}
+    if modality == AUDIO:
+        return {"mfcc-logreg": mfcc_logreg_baseline, "logmel-cnn": logmel_cnn_baseline}
     return {}
 
 
 def classic_baseline(data: Dataset, seed: int = 0, cnn: bool = False) -> dict[str, Any]:
-    """The one baseline of a fit report: TF-IDF + logistic regression for text; for images
-    raw-pixel logistic regression, or (``cnn=True``) the small CNN from random weights."""
+    """The one baseline of a fit report: TF-IDF + logistic regression for text; MFCC
+    statistics + logistic regression for audio; for images raw-pixel logistic regression, or
+    (``cnn=True``) the small CNN from random weights."""
     if data.modality == TEXT:
         return tfidf_logreg_baseline(data, seed)
+    if data.modality == AUDIO:
+        return mfcc_logreg_baseline(data, seed)
     return small_cnn_baseline(data, seed) if cnn else pixels_logreg_baseline(data, seed)

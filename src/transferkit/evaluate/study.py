@@ -24,13 +24,13 @@ import torch
 
 from .._io import write_json
 from ..adapt import STRATEGIES
-from ..data.examples import DataReport, Dataset
+from ..data.examples import AUDIO, IMAGE, TEXT, DataReport, Dataset
 from ..data.split import per_class_budget
 from ..errors import ConfigError
 from .baselines import no_pretraining_baselines
 
 # Not backbone strategies: no pretrained model involved (which ones apply depends on the data)
-BASELINES = tuple(sorted({*no_pretraining_baselines("text"), *no_pretraining_baselines("image")}))
+BASELINES = tuple(sorted({b for m in (TEXT, IMAGE, AUDIO) for b in no_pretraining_baselines(m)}))
 ALL_BASELINES = "baselines"  # in a study's strategies: every baseline of the data's modality
 
 
@@ -44,6 +44,7 @@ class StudyPlan:
     batch_size: int = 32
     precision: str = "auto"
     image_size: int | None = None
+    clip_seconds: float | None = None  # audio: None is DEFAULT_CLIP_SECONDS
     strategy_options: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self, modality: str | None = None) -> None:
@@ -219,8 +220,8 @@ def run_study(data: Dataset, plan: StudyPlan, out: Path,
 
     plan.resolve(data.modality)
     needs_backbone = any(s in STRATEGIES for s in plan.strategies)
-    pristine = load_backbone(plan.backbone, image_size=plan.image_size) if needs_backbone \
-        else None
+    pristine = load_backbone(plan.backbone, image_size=plan.image_size,
+                             clip_seconds=plan.clip_seconds) if needs_backbone else None
     if claim_out is not None:
         claim_out()
     cells_dir = out / "cells"

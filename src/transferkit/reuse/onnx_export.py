@@ -100,6 +100,10 @@ def _run_test_split(
 def _edge_cases(config: ArtifactConfig, max_length: int) -> list[Any]:
     if config.modality == "text":
         return ["a", "ok", " ".join(["transfer"] * (2 * max_length + 5))]
+    if config.modality == "audio":  # short, long, resampled, stereo, quiet
+        from ..backbones.audio import check_clips
+
+        return check_clips()
     from PIL import Image
 
     rng = np.random.default_rng(0)
@@ -144,6 +148,8 @@ def export_onnx(run_dir: str | Path, *, int8: bool = False, overwrite: bool = Fa
             "old export is kept until the new one has passed its checks.")
     start = time.perf_counter()
     model, config = load_model(run_dir)
+    if (problem := model.backbone.onnx_problem()) is not None:
+        raise ConfigError(f"{run_dir} cannot be exported to ONNX: {problem}.")
     examples, source = _run_test_split(run_dir, config, eval_data, text_column, label_column)
     if int8 and (examples is None or len(examples) == 0):
         raise ConfigError(

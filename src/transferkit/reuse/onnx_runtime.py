@@ -4,7 +4,9 @@ Preprocessing is re-done here without torch, matching the torch path exactly:
 text goes through ``tokenizers`` with the same truncation (and the length recorded at
 export, already capped at the model's position table) and per-batch right padding; images go
 through a numpy/PIL copy of timm's evaluation transform (shorter side resized to
-``floor(size / crop_pct)``, centre crop, ``/255``, mean/std). The exported graph ends in the
+``floor(size / crop_pct)``, centre crop, ``/255``, mean/std); audio is decoded by the same
+torch-free ``data.audio.load_clip`` at the rate and length the run recorded (the spectrogram
+is inside the graph). The exported graph ends in the
 softmax (or sigmoid), so its output is the probabilities the torch model gives.
 """
 
@@ -87,6 +89,8 @@ class OnnxEngine(_Base):
         self.batch_size = batch_size
         if self.modality == "text":  # settings checked before the model is opened
             self._init_text(onnx_dir / EXPORT_FILE)
+        elif self.modality == "audio":
+            self._init_audio()
         else:
             self._init_image()
         self.session = open_session(onnx_dir / (INT8_FILE if int8 else FP32_FILE), run_dir)
@@ -177,6 +181,24 @@ class OnnxEngine(_Base):
         arr = np.asarray(img, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
         return (arr - self.mean) / self.std
 
+    # -- audio ------------------------------------------------------------------------------
+    def _init_audio(self) -> None:
+        from ..data.audio import MAX_CLIP_SECONDS
+
+        pre = self.config.backbone.preprocessing
+        rate, seconds = pre.get("rate"), pre.get("clip_seconds")
+        if not (int_in(rate, 1000, 384_000) and isinstance(seconds, int | float) and
+                not isinstance(seconds, bool) and 0 < seconds <= MAX_CLIP_SECONDS):
+            raise ArtifactError(
+                f"{self.run_dir}/config.json: backbone.preprocessing has no audio rate and "
+                f"clip_seconds (rate {rate!r}, clip_seconds {seconds!r}). Re-run the fit.")
+        self.rate, self.clip_seconds = rate, float(seconds)
+
+    def _waveforms(self, inputs: list[Any]) -> np.ndarray:
+        from ..data.audio import load_clip
+
+        return np.stack([load_clip(x, self.rate, self.clip_seconds) for x in inputs])
+
     # -- engine -----------------------------------------------------------------------------
     def predict_proba(self, inputs: list[Any]) -> np.ndarray:
         inputs = list(inputs)
@@ -193,8 +215,10 @@ class OnnxEngine(_Base):
                 feeds = self._text_feeds([encodings[i] for i in idx])
                 out[idx] = self.session.run(None, feeds)[0]
         else:
+            prepare = self._waveforms if self.modality == "audio" else \
+                (lambda xs: np.stack([self._pixels(x) for x in xs]))
             for start in range(0, len(inputs), self.batch_size):
-                batch = np.stack([self._pixels(x) for x in inputs[start:start + self.batch_size]])
+                batch = prepare(inputs[start:start + self.batch_size])
                 out[start:start + len(batch)] = self.session.run(
                     None, {self.input_names[0]: batch})[0]
         return out

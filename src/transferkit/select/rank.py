@@ -122,6 +122,7 @@ def rank(
     batch_size: int = 32, precision: str = "auto", device: str | None = "auto",
     image_size: int | None = None, max_length: int | None = None, cache: bool = True,
     context: FitContext | None = None, progress: Any = None,
+    clip_seconds: float | None = None,
 ) -> Ranking:
     """Score every candidate backbone on ``data.train`` and order them by ``score``.
 
@@ -156,7 +157,8 @@ def rank(
         if progress is not None:
             progress("rank", i, len(names), detail=name)
         results.append(_score_candidate(name, data, sample, labels, wanted, ctx,
-                                        image_size=image_size, max_length=max_length))
+                                        image_size=image_size, max_length=max_length,
+                                        clip_seconds=clip_seconds))
     if progress is not None:
         progress("rank", len(names), len(names))
     results.sort(key=lambda c: _order_key(c, score))
@@ -175,11 +177,12 @@ def _order_key(c: Candidate, score: str) -> tuple[int, float]:
 
 def _score_candidate(name: str, data: Dataset, sample: Examples, labels: np.ndarray,
                      wanted: list[str], ctx: FitContext, *, image_size: int | None,
-                     max_length: int | None) -> Candidate:
+                     max_length: int | None, clip_seconds: float | None) -> Candidate:
     out = Candidate(name)
     start = time.perf_counter()
     try:
-        backbone = load_backbone(name, image_size=image_size, max_length=max_length)
+        backbone = load_backbone(name, image_size=image_size, max_length=max_length,
+                                 clip_seconds=clip_seconds)
     except Exception as e:  # one missing or broken candidate must not sink the ranking
         out.error = str(e).splitlines()[0]
         log.warning("rank: skipping %s: %s", name, out.error)

@@ -145,14 +145,15 @@ class FeatureGraph(nn.Module):
 # -- which backbones, and where ------------------------------------------------------------
 def exportable(backbone: Any) -> str | None:
     """Why ``backbone`` cannot run on ORT here, or None when it can be exported."""
-    from ..backbones.text import TextBackbone
-    from ..backbones.vision import VisionBackbone
+    from ..backbones import AudioBackbone, TextBackbone, VisionBackbone
 
     if getattr(backbone, "frozen_only", False):
         return "a frozen-only backbone (its weights are not torch modules)"
-    if not isinstance(backbone, TextBackbone | VisionBackbone):
+    if (problem := backbone.onnx_problem()) is not None:
+        return problem
+    if not isinstance(backbone, TextBackbone | VisionBackbone | AudioBackbone):
         return f"{type(backbone).__name__} has no ONNX export"
-    if is_peft(backbone.model):
+    if is_peft(getattr(backbone, "model", None)):
         return "an unmerged LoRA adapter"
     if any(p.dtype != torch.float32 for p in backbone.parameters()):
         return "weights not in float32"
@@ -366,6 +367,10 @@ def _check_inputs(backbone: Any) -> list[Any]:
     if backbone.modality == "text":
         words = ("transfer learning ranks candidate backbones by their frozen features " * 8)
         return ["a short sample", words.strip(), "ok"]
+    if backbone.modality == "audio":
+        from ..backbones.audio import check_clips
+
+        return check_clips()
     from PIL import Image
 
     rng = np.random.default_rng(0)

@@ -243,11 +243,13 @@ def run_recipe(train_one: TrainOne, labels: np.ndarray, *, lrs: Sequence[float],
 
 
 def trainer_trial(build_model: Callable[[], nn.Module], batches: Callable[[np.ndarray], Batches],
-                  cfg: TrainConfig | None = None, run: RunSettings | None = None) -> TrainOne:
+                  cfg: TrainConfig | None = None, run: RunSettings | None = None, *,
+                  min_steps: tuple[int, int] = (MIN_PATIENCE_STEPS, MIN_CAP_STEPS)) -> TrainOne:
     """``train_one`` on the one ``Trainer``: ``build_model()`` after ``torch.manual_seed``,
     all its parameters in one group at the plan's rate, ``batches(indices)`` for the train
     and validation parts. ``cfg`` holds the rest (default ``SCRATCH_CONFIG``); its ``lr``,
-    ``epochs`` and ``patience`` come from each plan."""
+    ``epochs`` and ``patience`` come from each plan, stretched for a tuning trial to at least
+    ``min_steps`` = (patience, cap) optimizer steps (``trial_budget``)."""
     base = cfg or SCRATCH_CONFIG
     run = run or RunSettings(precision="fp32")
 
@@ -256,7 +258,7 @@ def trainer_trial(build_model: Callable[[], nn.Module], batches: Callable[[np.nd
         model = build_model()
         data = batches(plan.train_idx)
         valid = None if plan.valid_idx is None else batches(plan.valid_idx)
-        epochs, patience = trial_budget(plan, run.batch_size)
+        epochs, patience = trial_budget(plan, run.batch_size, *min_steps)
         trainer = Trainer(model, [ParamGroup(list(model.parameters()), plan.lr)],
                           replace(base, lr=plan.lr, epochs=epochs, patience=patience),
                           data, valid=valid, run=replace(run, seed=plan.seed, resume=False,
@@ -273,9 +275,12 @@ def fit_from_scratch(build_model: Callable[[], nn.Module],
                      lrs: Sequence[float], max_epochs: int = 30, patience: int = 3,
                      seed: int = 0, valid_fraction: float = 0.2, max_examples: int | None = None,
                      cfg: TrainConfig | None = None, run: RunSettings | None = None,
-                     flops_per_example: float | None = None) -> RecipeResult:
+                     flops_per_example: float | None = None,
+                     min_steps: tuple[int, int] = (MIN_PATIENCE_STEPS, MIN_CAP_STEPS)
+                     ) -> RecipeResult:
     """``run_recipe`` over ``trainer_trial``: the whole recipe for a plain torch model."""
-    return run_recipe(trainer_trial(build_model, batches, cfg, run), labels, lrs=lrs,
+    return run_recipe(trainer_trial(build_model, batches, cfg, run, min_steps=min_steps),
+                      labels, lrs=lrs,
                       max_epochs=max_epochs, patience=patience, seed=seed,
                       valid_fraction=valid_fraction, max_examples=max_examples,
                       flops_per_example=flops_per_example)

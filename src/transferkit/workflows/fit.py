@@ -131,7 +131,8 @@ def _choose_backbone(config: FitConfig, data: Dataset, progress: Progress | None
                      precision=config.precision, device=resolve_device(config.device),
                      cache=FeatureCache() if config.cache else None, memo={})
     ranking = rank(data, config.candidates, seed=config.seed, image_size=config.image_size,
-                   max_length=config.max_length, context=ctx, progress=progress)
+                   clip_seconds=config.clip_seconds, max_length=config.max_length,
+                   context=ctx, progress=progress)
     best = ranking.best  # raises, naming each candidate's error, when none could be scored
     trains = get_strategy(config.strategy, config.strategy_options).trains_backbone()
     usable = [c for c in ranking.candidates
@@ -152,8 +153,9 @@ def _classifier(config: FitConfig) -> Classifier:
     return Classifier(
         config.backbone, config.strategy, strategy_options=config.strategy_options,
         pooling=config.pooling, max_length=config.max_length, image_size=config.image_size,
-        seed=config.seed, batch_size=config.batch_size, precision=config.precision,
-        device=config.device, cache=config.cache, trust_remote_code=config.trust_remote_code)
+        clip_seconds=config.clip_seconds, seed=config.seed, batch_size=config.batch_size,
+        precision=config.precision, device=config.device, cache=config.cache,
+        trust_remote_code=config.trust_remote_code)
 
 
 def compare_with_baseline(config: FitConfig, data: Dataset, clf: Classifier,

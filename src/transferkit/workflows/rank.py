@@ -48,7 +48,7 @@ def rank_run(
     text_column: str | None = None, label_column: str | None = None,
     image_size: int | None = None, max_length: int | None = None, batch_size: int = 32,
     precision: str = "auto", seed: int = 0, cache: bool = True, overwrite: bool = False,
-    progress: Progress | None = None,
+    progress: Progress | None = None, clip_seconds: float | None = None,
 ) -> RankResult:
     """Rank backbones for a labelled task; write ``rank.json`` and a report to ``out``."""
     if isinstance(candidates, str):
@@ -61,10 +61,12 @@ def rank_run(
             train, valid, test, text_column=text_column, label_column=label_column, seed=seed)
         ranking = rank(data, candidates, score=score, max_examples=max_examples, seed=seed,
                        batch_size=batch_size, precision=precision, image_size=image_size,
-                       max_length=max_length, cache=cache, progress=progress)
+                       clip_seconds=clip_seconds, max_length=max_length, cache=cache,
+                       progress=progress)
         result = RankResult(ranking, Path(out) if out else None)
         if verify:
             _verify(result, data, image_size=image_size, max_length=max_length,
+                    clip_seconds=clip_seconds,
                     batch_size=batch_size, precision=precision, seed=seed, cache=cache,
                     progress=progress)
         if stage is not None:
@@ -83,6 +85,7 @@ def _verify(result: RankResult, data: Dataset, *, progress: Progress | None, **o
             progress("verify", i, len(ok), detail=cand.name)
         start = time.perf_counter()
         clf = Classifier(cand.name, "probe", image_size=options["image_size"],
+                         clip_seconds=options["clip_seconds"],
                          max_length=options["max_length"], seed=options["seed"],
                          batch_size=options["batch_size"], precision=options["precision"],
                          cache=options["cache"]).fit(data)

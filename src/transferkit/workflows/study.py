@@ -23,7 +23,7 @@ def study(
     label_column: str | None = None, image_size: int | None = None, precision: str = "auto",
     batch_size: int = 32, seed: int = 0, overwrite: bool = False,
     strategy_options: dict[str, dict[str, Any]] | None = None,
-    progress: Progress | None = None,
+    progress: Progress | None = None, clip_seconds: float | None = None,
 ) -> dict[str, Any]:
     """Measure what transfer saves on your data: every strategy at every label budget, for
     several seeds, on one held-out test set. Finished cells are kept in ``out/cells``, so
@@ -36,7 +36,7 @@ def study(
         else list(strategies),
         seeds=[seed + i for i in range(seeds)], backbone=backbone, epochs=epochs,
         batch_size=batch_size, precision=precision, image_size=image_size,
-        strategy_options=dict(strategy_options or {}))
+        clip_seconds=clip_seconds, strategy_options=dict(strategy_options or {}))
     plan.validate()
     stray = sorted(set(plan.strategy_options) - set(plan.strategies))
     if stray:
@@ -50,6 +50,8 @@ def study(
                 "precision": precision, "batch_size": batch_size}
     if plan.strategy_options:  # only when set: studies made before the option still resume
         identity["strategy_options"] = plan.strategy_options
+    if clip_seconds is not None:  # the same rule
+        identity["clip_seconds"] = clip_seconds
     marker = out / "study_identity.json"
     started = out.is_dir() and any(out.iterdir())
     if started and not overwrite and not marker.is_file():

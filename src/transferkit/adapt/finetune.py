@@ -74,6 +74,18 @@ class FineTuneStrategy(Strategy):
     def prepare_backbone(self, model: TransferModel) -> None:
         """Hook for strategies that change the backbone's modules (LoRA)."""
 
+    def freeze_to_plan(self, model: TransferModel
+                       ) -> tuple[list[ParamGroup], list[nn.Module], int]:
+        """``prepare_backbone``, then ``plan``, and every parameter's ``requires_grad`` set to
+        the plan, before anything wraps the model (DESIGN.md): (groups, frozen modules,
+        trainable parameter count)."""
+        self.prepare_backbone(model)
+        groups, frozen = self.plan(model)
+        planned = {id(p) for g in groups for p in g.params}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in planned)
+        return groups, frozen, sum(p.numel() for p in model.parameters() if p.requires_grad)
+
     def plan(self, model: TransferModel) -> tuple[list[ParamGroup], list[nn.Module]]:
         cfg = self.train_config
         groups = model.backbone.layer_groups()
@@ -108,12 +120,7 @@ class FineTuneStrategy(Strategy):
             Probe().fit(model, probe_data, ctx)
             info["head_init"] = "probe"
             info["head_scale"] = _temper_head(model, ctx.features(model, train_ex, "features"))
-        self.prepare_backbone(model)
-        groups, frozen = self.plan(model)
-        planned = {id(p) for g in groups for p in g.params}
-        for p in model.parameters():  # fixed before accelerator.prepare (DESIGN.md)
-            p.requires_grad_(id(p) in planned)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        groups, frozen, trainable = self.freeze_to_plan(model)
         total = sum(p.numel() for p in model.parameters())
         n_classes = len(model.classes)
         train_batches = BackboneBatches(

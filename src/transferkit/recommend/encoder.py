@@ -124,12 +124,7 @@ class EncoderTuner:
             _ridge_init(head, embeddings[warm], targets)
         model = TransferModel(self.backbone, [], head=head)
         strategy = self.strategy
-        strategy.prepare_backbone(model)
-        groups, frozen = strategy.plan(model)
-        planned = {id(p) for g in groups for p in g.params}
-        for p in model.parameters():  # fixed before accelerator.prepare (DESIGN.md)
-            p.requires_grad_(id(p) in planned)
-        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        groups, frozen, trainable = strategy.freeze_to_plan(model)
         feature_cache = FeatureCache() if self.cache else None
         data = BackboneBatches(self.backbone, [self.texts[i] for i in warm], targets,
                                targets.shape[1], cache=feature_cache,

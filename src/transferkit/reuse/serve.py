@@ -47,6 +47,7 @@ from .serve_batching import MicroBatcher, Overloaded
 from .serve_http import TIMED_OUT, ConnectionLimits, ShutdownGuard, build_server, run_server
 from .serve_limits import (
     INPUT_FIELDS,
+    WHAT,
     BodyLimit,
     Limits,
     PredictRequest,
@@ -94,7 +95,8 @@ def create_app(engine: Any, options: ServeOptions | None = None,
 
     # The docs are routes of our own, behind the key like the rest: they list the labels.
     app = FastAPI(title="transferkit model server", version=__version__, lifespan=lifespan,
-                  description=f"Classifies {modality}s into: {', '.join(classes)}.",
+                  description=f"Classifies {WHAT.get(modality, modality)} into: "
+                              f"{', '.join(classes)}.",
                   openapi_url=None, docs_url=None, redoc_url=None)
     app.state.batcher = batcher
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)

@@ -91,7 +91,7 @@ def parse_json_request(body: bytes, modality: str, limits: Limits) -> list[Any]:
     key = given[0]
     wanted = INPUT_FIELDS.get(modality, "texts")
     if key != wanted:
-        raise RequestError(422, f"This model classifies {modality}s; send "
+        raise RequestError(422, f"This model classifies {WHAT.get(modality, modality)}; send "
                                 f"{example(modality)}, not '{key}'.")
     items: list[str] = getattr(request, key)
     _check_count(len(items), limits)
@@ -102,6 +102,8 @@ def parse_json_request(body: bytes, modality: str, limits: Limits) -> list[Any]:
 
 # The JSON field that carries each modality's examples.
 INPUT_FIELDS = {"text": "texts", "image": "images", "audio": "audio"}
+# What a model of each modality classifies, for messages ("audios" is not a word).
+WHAT = {"text": "texts", "image": "images", "audio": "audio clips"}
 
 
 def example(modality: str) -> str:

@@ -165,8 +165,11 @@ def create_app(engine: Any, options: ServeOptions | None = None,
         "/predict", summary="Labels and probabilities for a batch of texts, images or audio.",
         openapi_extra={"requestBody": {"required": True, "content": {
             "application/json": {"schema": PredictRequest.model_json_schema()},
-            MULTIPART: {"schema": {"type": "object", "properties": {"images": {
-                "type": "array", "items": {"type": "string", "format": "binary"}}}}},
+            MULTIPART: {"schema": {"type": "object", "properties": {
+                field: {"type": "array", "items": {"type": "string", "format": "binary"}}
+                for field in ("images", "audio")}}},
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "audio/*": {"schema": {"type": "string", "format": "binary"}},
         }}},
         responses={413: {"description": "Body, batch, text, image or the request's pixels "
                                         "over a limit"},

@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 
 DATA   ?= ../shared/data
 
-.PHONY: setup demo test bench lint clean study-demo study-images options zoo
+.PHONY: setup demo test bench lint clean study-demo study-images study-audio options zoo
 
 setup: $(STAMP)
 
@@ -53,6 +53,8 @@ bench: setup
 		--work ../runs/bench-pretrain-zh --epochs 2
 	cd benchmarks && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/python pretrain_text.py --experiment english
 	cd benchmarks && ../$(BIN)/python pretrain_images.py
+	cd benchmarks && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/python audio.py
+	cd benchmarks && OMP_WAIT_POLICY=PASSIVE ../$(BIN)/python recommend.py
 
 # The transfer study of the README: MiniLM on rotten_tomatoes, 3 seeds. Two folders, because
 # on 2 CPU cores the strategies that train the backbone cannot afford the large budgets
@@ -80,6 +82,14 @@ study-images: setup
 		--out runs/study-fashion-mnist
 	$(STUDY_FM) --budgets 8,32,128,512,all --strategies baselines,probe --seeds 1 \
 		--out runs/study-fashion-mnist-all
+
+# The speech study: Google's speech embedding on keywords_espeak (100 clips of each of 10
+# keywords; 300 test clips of voices never heard in training), against MFCC + logistic
+# regression and a log-mel CNN from scratch.
+study-audio: setup
+	OMP_WAIT_POLICY=PASSIVE $(BIN)/transferkit study $(DATA)/keywords_espeak \
+		--backbone speech-embedding --budgets 8,32,all --strategies baselines,probe --seeds 3 \
+		--out runs/study-keywords
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks

@@ -30,6 +30,15 @@ def data_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def keywords(data_dir) -> Path:
+    """keywords_espeak (../shared/data): 10 spoken keywords, train/ and test/ folders."""
+    root = data_dir / "keywords_espeak"
+    if not root.is_dir():
+        pytest.skip(f"{root} not found")
+    return root
+
+
+@pytest.fixture(scope="session")
 def minilm():
     from transferkit.backbones import load_backbone
 

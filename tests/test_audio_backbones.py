@@ -21,13 +21,6 @@ from transferkit.errors import BackboneNotFoundError, ConfigError
 WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 
 
-@pytest.fixture(scope="session")
-def keywords(data_dir) -> Path:
-    root = data_dir / "keywords_espeak"
-    if not root.is_dir():
-        pytest.skip(f"{root} not found")
-    return root
-
 
 def examples(root: Path, split: str, per_word: int, words=WORDS) -> Examples:
     """The first ``per_word`` clips of each word, built directly (no data-layer reader)."""

@@ -31,10 +31,8 @@ NEW_FLOOR, PER_WORD_FLOOR, OLD_FLOOR = 0.35, 0.3, 0.7
 
 
 @pytest.fixture(scope="module")
-def keywords(data_dir) -> Path:
-    root = data_dir / "keywords_espeak"
-    if not root.is_dir():
-        pytest.skip(f"{root} not found")
+def keywords_x86(keywords) -> Path:
+    root = keywords
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         pytest.skip("speech-embedding's TFLite runtime ships for Linux x86-64 only")
     return root
@@ -50,18 +48,18 @@ def _copy(root: Path, split: str, words: tuple[str, ...], n: int, dest: Path) ->
 
 
 @pytest.fixture(scope="module")
-def folders(keywords, tmp_path_factory) -> dict[str, Path]:
+def folders(keywords_x86, tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("fewshot")
     base = tmp / "base"  # the 8 trained words: train/<word>/, test/<word>/
-    _copy(keywords, "train", BASE, 20, base / "train")
-    _copy(keywords, "test", BASE, 3, base / "test")
+    _copy(keywords_x86, "train", BASE, 20, base / "train")
+    _copy(keywords_x86, "test", BASE, 3, base / "test")
     return {
         "base": base,
         # the first 5 training clips of every word: the new words are seen only here
-        "support": _copy(keywords, "train", WORDS, SHOTS, tmp / "support"),
-        "support_new": _copy(keywords, "train", NEW, SHOTS, tmp / "support_new"),
+        "support": _copy(keywords_x86, "train", WORDS, SHOTS, tmp / "support"),
+        "support_new": _copy(keywords_x86, "train", NEW, SHOTS, tmp / "support_new"),
         # every test clip of the new words, 10 of each trained word (unseen voices)
-        "query": _copy(keywords, "test", BASE, 10, _copy(keywords, "test", NEW, 30,
+        "query": _copy(keywords_x86, "test", BASE, 10, _copy(keywords_x86, "test", NEW, 30,
                                                           tmp / "query")),
     }
 

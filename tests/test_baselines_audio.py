@@ -19,17 +19,15 @@ from transferkit.evaluate.baselines_audio import (
 
 
 @pytest.fixture(scope="module")
-def keywords(data_dir):
-    root = data_dir / "keywords_espeak"
-    if not root.is_dir():
-        pytest.skip(f"{root} not found")
-    return load_data(root, per_class=8, seed=0)
+def keywords8(keywords):
+    """8 training clips a keyword (seed 0), all 300 test clips."""
+    return load_data(keywords, per_class=8, seed=0)
 
 
-def test_mfcc_statistics_are_the_dct_of_the_log_mel_summarised_over_time(keywords):
+def test_mfcc_statistics_are_the_dct_of_the_log_mel_summarised_over_time(keywords8):
     from scipy.fft import dct
 
-    spec = log_mel(keywords.train.subset([0, 1]))
+    spec = log_mel(keywords8.train.subset([0, 1]))
     stats = mfcc_statistics(spec)
     assert stats.shape == (2, 4 * N_MFCC)
     first = dct(spec[0, 0].numpy().astype(np.float64), type=2, axis=0, norm="ortho")[:N_MFCC]
@@ -37,18 +35,18 @@ def test_mfcc_statistics_are_the_dct_of_the_log_mel_summarised_over_time(keyword
     np.testing.assert_allclose(stats[0, N_MFCC:2 * N_MFCC], first.std(1), rtol=1e-6, atol=1e-6)
 
 
-def test_mfcc_logreg_learns_keywords_from_eight_clips_each(keywords):
-    result = classic_baseline(keywords)  # the fit report's baseline for audio
+def test_mfcc_logreg_learns_keywords_from_eight_clips_each(keywords8):
+    result = classic_baseline(keywords8)  # the fit report's baseline for audio
     assert result["name"].startswith("MFCC")
     # chance is 0.10; measured 0.383 at 8 clips a keyword (unseen voices in the test split)
     assert result["metrics"]["accuracy"] > 0.25
     assert result["chosen"]["C"] > 0 and result["cost"]["trainable_params"] == 10 * 81
 
 
-def test_logmel_cnn_runs_the_recipe_and_counts_its_cost(keywords):
-    small = keywords.__class__(train=keywords.train.subset(range(0, 80, 2)),
-                               test=keywords.test.subset(range(0, 300, 10)),
-                               classes=keywords.classes)
+def test_logmel_cnn_runs_the_recipe_and_counts_its_cost(keywords8):
+    small = keywords8.__class__(train=keywords8.train.subset(range(0, 80, 2)),
+                                test=keywords8.test.subset(range(0, 300, 10)),
+                                classes=keywords8.classes)
     result = logmel_cnn_baseline(small, 0, epochs=2, lrs=(1e-3,))
     assert result["chosen"]["lr"] == 1e-3 and 1 <= result["chosen"]["epochs"]
     assert result["cost"]["steps"] > 0 and result["cost"]["train_flops"] > 0

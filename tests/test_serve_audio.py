@@ -26,13 +26,6 @@ WORDS = ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
 PARITY = 1e-5  # served against `predict`, same engine, same file bytes
 
 
-@pytest.fixture(scope="module")
-def keywords(data_dir) -> Path:
-    root = data_dir / "keywords_espeak"
-    if not root.is_dir():
-        pytest.skip(f"{root} not found")
-    return root
-
 
 def _examples(root: Path, split: str, per_word: int):
     from transferkit.data.examples import AUDIO, Examples

@@ -115,7 +115,7 @@ def test_logmel_onnx_features_and_run_export_match_torch(tiny_logmel, keywords, 
     from transferkit.reuse.onnx_runtime import OnnxEngine
     from transferkit.train.onnx_features import _parity, feature_session
 
-    opened = feature_session(tiny_logmel, tmp_path, auto=False, n=4)
+    opened = feature_session(tiny_logmel, tmp_path, auto=False, n=4, threads=1)
     assert opened is not None, "the log-mel backbone did not export"
     assert _parity(tiny_logmel, opened[0]) <= 1e-4
     data = dataset(keywords, 4, 2, ("yes", "no"))
@@ -160,7 +160,7 @@ def test_resemblyzer_features_reload_and_onnx(resemblyzer, keywords, tmp_path):
     again = load_backbone(str(tmp_path / "r"))
     assert again.fingerprint == resemblyzer.fingerprint
     np.testing.assert_array_equal(_features(again, inputs), f)
-    opened = feature_session(resemblyzer, tmp_path, auto=False, n=4)
+    opened = feature_session(resemblyzer, tmp_path, auto=False, n=4, threads=1)
     assert opened is not None and _parity(resemblyzer, opened[0]) <= 1e-4
     assert len(resemblyzer.layer_groups()) == 4
 

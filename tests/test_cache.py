@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
+import pytest
+import torch
 
 from transferkit.backbones import load_backbone
-from transferkit.train.cache import FeatureCache, extract_features
+from transferkit.train.cache import FeatureCache, extract_features, run_batches
 
 
 def _count_forwards(backbone) -> list[int]:
-    calls = [0]
-    backbone.model.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    """Forward passes so far; batches may run in several threads at once."""
+    calls, lock = [0], threading.Lock()
+
+    def count(*_: object) -> None:
+        with lock:
+            calls[0] += 1
+
+    backbone.model.register_forward_pre_hook(count)
     return calls
 
 
@@ -69,3 +79,52 @@ def test_fp16_is_accepted_but_needs_a_gpu(tiny_bert_dir):
     backbone = load_backbone(str(tiny_bert_dir))
     with pytest.raises(ConfigError, match="fp16 needs a GPU"):
         extract_features(backbone, ["a"], precision="fp16", device=torch.device("cpu"))
+
+
+def _texts(n: int) -> list[str]:
+    return [f"text {i} " + "word " * (i * 7 % 23) for i in range(n)]
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_batches_side_by_side_equal_one_at_a_time(tiny_bert_dir, precision):
+    """Worker threads (one core each) give the features of the one-at-a-time loop, in input
+    order, report progress in batch order from the caller's thread, and leave PyTorch's
+    thread count as it was."""
+    backbone = load_backbone(str(tiny_bert_dir))
+    texts = _texts(37)
+    prepared = backbone.prepare(texts)
+    threads = torch.get_num_threads()
+    results, callers = {}, set()
+    for workers in (1, 3):
+        out = np.zeros((len(texts), backbone.feature_dim), np.float32)
+        done: list[int] = []
+
+        def keep(idx, features, out=out):
+            callers.add(threading.get_ident())
+            out[idx] = features.float().numpy()
+
+        n = run_batches(backbone, prepared, keep, batch_size=4, device=torch.device("cpu"),
+                        precision=precision, workers=workers,
+                        progress=lambda d, _total, done=done: done.append(d))
+        assert n == 10 and done == sorted(done) and done[-1] == len(texts)
+        results[workers] = out
+        assert torch.get_num_threads() == threads
+    assert callers == {threading.get_ident()}
+    np.testing.assert_allclose(results[3], results[1], atol=1e-5 if precision == "fp32" else 2e-2)
+    assert backbone.training  # restored (load_backbone returns it in train mode)
+
+
+def test_a_failing_batch_stops_the_workers_and_raises(tiny_bert_dir):
+    backbone = load_backbone(str(tiny_bert_dir))
+    threads, ran = torch.get_num_threads(), _count_forwards(backbone)
+
+    def forward(batch):
+        if batch["input_ids"].shape[1] > 20:  # the longest batches run first
+            raise RuntimeError("broken batch")
+        return backbone(**batch)
+
+    with pytest.raises(RuntimeError, match="broken batch"):
+        run_batches(backbone, backbone.prepare(_texts(200)), lambda *_: None, batch_size=2,
+                    device=torch.device("cpu"), precision="fp32", forward=forward, workers=2)
+    assert torch.get_num_threads() == threads
+    assert ran[0] < 20, "queued batches are cancelled, not all run"

@@ -27,6 +27,9 @@ class Backbone(nn.Module):
     #: its weights cannot be trained here (a numpy model, static word vectors): only the
     #: strategies that keep the backbone frozen take it (probe, prototypes, ranking)
     frozen_only: bool = False
+    #: its forward may run in several threads at once, one core each (``run_batches``); not
+    #: for runtimes that are not thread-safe or that pick their own thread count
+    parallel_batches: bool = True
 
     def __init__(self, source: str, resolved: str) -> None:
         super().__init__()

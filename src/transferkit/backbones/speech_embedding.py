@@ -178,6 +178,7 @@ class SpeechEmbeddingBackbone(AudioBackbone):
     """Mean and max of the 96-d speech embeddings of a clip's 80 ms-spaced windows."""
 
     frozen_only = True
+    parallel_batches = False  # its own runtime and threads
 
     def __init__(self, root: Path, *, source: str, resolved: str,
                  clip_seconds: float | None) -> None:

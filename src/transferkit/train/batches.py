@@ -17,7 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from .device import autocast_for
 from .sampler import bucketed_batches
 
 
@@ -92,7 +91,7 @@ class BackboneBatches(Batches):
         self.backbone.to(device)
         self.prefix = build_prefix_cache(
             self.backbone, self.prefix_layers, self.prepared, batch_size=batch_size,
-            device=device, autocast=autocast_for(precision, device), cache=self.cache,
+            device=device, precision=precision, cache=self.cache,
             key_parts=[self.backbone.fingerprint, str(len(self.prefix_layers)), precision])
         return {"prefix_cache_seconds": time.perf_counter() - t0,
                 "prefix_cached_layers": len(self.prefix_layers)}

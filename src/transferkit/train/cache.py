@@ -13,7 +13,9 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -125,14 +127,16 @@ def extract_features(
     backbone.to(device)
     forward = None
     stats.engine = "torch"
+    workers = parallel_workers(backbone, device, -(-len(inputs) // batch_size))
     if inputs and _wants_onnx(backbone, engine, resolved, device):
-        session = feature_session(backbone, cache_root(), auto=engine == "auto", n=len(inputs))
+        session = feature_session(backbone, cache_root(), auto=engine == "auto", n=len(inputs),
+                                  threads=1 if workers > 1 else torch.get_num_threads())
         if session is not None:
             stats.engine = "onnx"
             forward = partial(run_session, *session)
     stats.batches = run_batches(backbone, backbone.prepare(inputs), keep, batch_size=batch_size,
-                                device=device, autocast=autocast_for(resolved, device),
-                                forward=forward, progress=progress)
+                                device=device, precision=resolved, forward=forward,
+                                progress=progress, workers=workers)
     stats.seconds = time.perf_counter() - start
     if cache is not None and key is not None:
         cache.save(key, out)
@@ -165,10 +169,11 @@ def run_batches(
     *,
     batch_size: int,
     device: torch.device,
-    autocast: Any,
+    precision: str,
     forward: Callable[[dict[str, torch.Tensor]], Any] | None = None,
     costs: Sequence[float] | None = None,
     progress: Any = None,
+    workers: int | None = None,
 ) -> int:
     """The one batched inference loop: ``forward`` (default: the backbone's pooled features)
     over ``prepared`` examples, and ``keep(indices, output)`` for each batch; returns the
@@ -176,26 +181,74 @@ def run_batches(
 
     Examples run most costly first (``costs``, default ``backbone.cost``) so each batch pads
     only to its own longest member; the loop runs in eval mode under ``torch.inference_mode``
-    and ``autocast``, and restores the backbone's train/eval mode afterwards. ``progress`` is
-    an optional callable ``(done, total)``, called after each batch is kept."""
+    and the autocast of ``precision``, and restores the backbone's train/eval mode afterwards.
+    ``progress`` is an optional callable ``(done, total)``, called after each batch is kept.
+
+    On the CPU, batches run ``workers`` at a time (default: ``parallel_workers``), each worker
+    on one core: small models' matrix products do not split well over cores, so whole
+    batches side by side ran MiniLM 1.2x (fp32) to 1.9x (bf16) faster than one batch at a
+    time on two threads. ``keep`` and ``progress`` are called from the calling thread, in
+    batch order. ``forward`` must be safe to call from several threads at once."""
     costs = [backbone.cost(p) for p in prepared] if costs is None else costs
     order = np.argsort([-c for c in costs], kind="stable")
+    starts = range(0, len(order), batch_size)
     run = forward if forward is not None else (lambda batch: backbone(**batch))
-    batches = 0
+    if workers is None:
+        workers = parallel_workers(backbone, device, len(starts))
+    # the caller's own autocast (a training loop's evaluation) holds in the workers too
+    outer = (torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type))
+
+    def one(s: int) -> tuple[np.ndarray, Any]:
+        idx = order[s:s + batch_size]
+        batch = backbone.collate([prepared[i] for i in idx])
+        with torch.inference_mode(), torch.autocast(device.type, dtype=outer[1],
+                                                    enabled=outer[0]), \
+                autocast_for(precision, device):
+            return idx, run({k: v.to(device, non_blocking=True) for k, v in batch.items()})
+
     was_training = backbone.training
     backbone.eval()
     try:
-        with torch.inference_mode(), autocast:
-            for s in range(0, len(order), batch_size):
-                idx = order[s:s + batch_size]
-                batch = backbone.collate([prepared[i] for i in idx])
-                keep(idx, run({k: v.to(device, non_blocking=True) for k, v in batch.items()}))
-                batches += 1
-                if progress is not None:
-                    progress(min(s + batch_size, len(order)), len(order))
+        for s, (idx, output) in zip(starts, _in_workers(one, starts, workers), strict=True):
+            keep(idx, output)
+            if progress is not None:
+                progress(min(s + batch_size, len(order)), len(order))
     finally:
         backbone.train(was_training)
-    return batches
+    return len(starts)
+
+
+def parallel_workers(backbone: Backbone, device: torch.device, batches: int) -> int:
+    """How many batches run side by side: one per PyTorch thread, on the CPU, for a backbone
+    whose forward may run in several threads at once (``Backbone.parallel_batches``)."""
+    if device.type != "cpu" or not getattr(backbone, "parallel_batches", True):
+        return 1
+    return max(1, min(torch.get_num_threads(), batches))
+
+
+def _in_workers(one: Callable[[int], Any], starts: Sequence[int], workers: int
+                ) -> Iterator[Any]:
+    """``one(s)`` for each start, in order: here, or in ``workers`` threads with one
+    PyTorch (OpenMP, MKL) thread each. Those settings are per thread; the process-wide
+    default that ``torch.set_num_threads(1)`` also moves is restored when the pool ends."""
+    if workers <= 1:
+        yield from map(one, starts)
+        return
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="transferkit-batches",
+                              initializer=torch.set_num_threads, initargs=(1,))
+    try:
+        # at most two batches per worker in flight: outputs wait for ``keep`` in order
+        pending: deque[Future[Any]] = deque()
+        for s in starts:
+            pending.append(pool.submit(one, s))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+        torch.set_num_threads(threads)
 
 
 def _fingerprint(backbone: Backbone, inputs: list[Any]) -> str:

@@ -190,9 +190,9 @@ class _Bound:
     state: str = "pending"  # "onnx", "torch", or "pending": not decided yet (no export)
     #: its weights changed in this process (trained here): auto spends no export on them
     trained: bool = False
-    session: Any = None
+    #: its checked sessions by intra-op thread count (1 where batches run side by side)
+    sessions: dict[int, Any] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
-    threads: int = 0
 
 
 #: ``engine="auto"`` makes a missing export only for an extraction at least this large: a
@@ -231,14 +231,14 @@ def _versions() -> str:
            f"onnxruntime {onnxruntime.__version__}"
 
 
-def feature_session(backbone: Any, root: Path, *, auto: bool, n: int
+def feature_session(backbone: Any, root: Path, *, auto: bool, n: int, threads: int
                     ) -> tuple[Any, list[str]] | None:
     """An ORT session computing ``backbone``'s features and its input names, or None (then
     PyTorch runs it) -- for an extraction of ``n`` inputs with ``engine="auto"`` (``auto``) or
     ``"onnx"``. A missing export costs seconds (~5 s for MiniLM) and ~4 bytes per weight on
     disk: ``auto`` spends them only on weights as this process first saw them (a pretrained
-    candidate, not weights trained here) and on at least ``AUTO_EXPORT_MIN`` inputs."""
-    threads = torch.get_num_threads()
+    candidate, not weights trained here) and on at least ``AUTO_EXPORT_MIN`` inputs.
+    ``threads``: the session's intra-op threads (1 where batches run side by side)."""
     signature = weight_signature(backbone)
     fingerprint = backbone.fingerprint
     bound = _BOUND.get(backbone)
@@ -251,15 +251,14 @@ def feature_session(backbone: Any, root: Path, *, auto: bool, n: int
         if bound.state == "torch":
             return None
         if bound.state == "onnx":
-            if bound.threads != threads:  # torch.set_num_threads moved: follow it
-                bound.session = _open(_path(root, fingerprint), threads)
-                bound.threads = threads
-            return bound.session, bound.inputs
+            if threads not in bound.sessions:  # the file was checked when first opened
+                bound.sessions[threads] = _open(_path(root, fingerprint), threads)
+            return bound.sessions[threads], bound.inputs
     may_export = not auto or (n >= AUTO_EXPORT_MIN and not trained)
     if not may_export and not _path(root, fingerprint).is_file():
         _BOUND[backbone] = _Bound(signature, fingerprint, "pending", trained=trained)
         return None
-    bound = _Bound(signature, fingerprint, "torch", trained=trained, threads=threads)
+    bound = _Bound(signature, fingerprint, "torch", trained=trained)
     _BOUND[backbone] = bound
     try:
         opened = _resolve(backbone, root, fingerprint, threads)
@@ -269,7 +268,7 @@ def feature_session(backbone: Any, root: Path, *, auto: bool, n: int
         return None
     if opened is not None:
         bound.state = "onnx"
-        bound.session, bound.inputs = opened
+        bound.sessions[threads], bound.inputs = opened
     return opened
 
 

@@ -12,6 +12,7 @@ architecture-specific is re-implemented. Embedding look-ups still run (they are 
 from __future__ import annotations
 
 import hashlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -103,10 +104,12 @@ class PrefixCache:
 def _output_of(backbone: Any, layer: nn.Module, batch: dict[str, torch.Tensor]) -> Any:
     """``layer``'s output for ``batch``; the forward pass stops there (upper layers skipped)."""
     captured: dict[str, Any] = {}
+    caller = threading.get_ident()  # batches run side by side: each catches only its own
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-        captured["out"] = output
-        raise _Stop
+        if threading.get_ident() == caller:
+            captured["out"] = output
+            raise _Stop
 
     handle = layer.register_forward_hook(hook)
     try:
@@ -120,7 +123,7 @@ def _output_of(backbone: Any, layer: nn.Module, batch: dict[str, torch.Tensor]) 
 
 def build_prefix_cache(
     backbone: Any, layers: list[nn.Module], prepared: list[Any], *, batch_size: int,
-    device: torch.device, autocast: Any, cache: FeatureCache | None, key_parts: list[str],
+    device: torch.device, precision: str, cache: FeatureCache | None, key_parts: list[str],
 ) -> PrefixCache:
     """Run the backbone up to the last frozen layer once, keep each example's hidden states."""
     lengths = [len(p["input_ids"]) for p in prepared]
@@ -147,7 +150,7 @@ def build_prefix_cache(
             per_example[i] = hidden[r, : lengths[i]].clone()
 
     run_batches(backbone, prepared, keep, batch_size=batch_size, device=device,
-                autocast=autocast, costs=lengths,
+                precision=precision, costs=lengths,
                 forward=lambda batch: _output_of(backbone, layers[-1], batch))
     if cache is not None and key is not None:
         cache.save(key, torch.cat(per_example).numpy())

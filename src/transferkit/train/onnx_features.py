@@ -166,13 +166,14 @@ def prefers_onnx(backbone: Any) -> bool:
     """Where ``engine="auto"`` takes ORT: where it was measured faster than PyTorch fp32 on
     this project's CPU (2 cores, AVX-512; batch 32, per-batch alternation in one process):
 
-    - convolutional timm models: EfficientNet-Lite0 3.3x at 224 px and 2.1x at 64 px,
-      ResNet-18 1.7x, MobileNetV3-S 2.4x, ConvNeXt-atto 1.1x: yes;
+    - convolutional timm models: EfficientNet-Lite0 3.3x at 224 px and 2.1x at 64 px with one
+      batch at a time, 1.6x at 64 px with batches side by side (``run_batches``), ResNet-18
+      1.7x, MobileNetV3-S 2.4x, ConvNeXt-atto 1.1x: yes;
     - timm vision transformers (ViT-Ti 0.8x, DeiT-Ti 0.8x): no;
-    - text transformers: no. MiniLM ran at 0.94-1.01x (1,280 texts, two runs): both engines
-      spend ~75-80% of the time in fp32 GEMMs (torch ``addmm`` on MKL, ORT ``MatMul`` on
-      MLAS) and neither kernel beats the other here. ``engine="onnx"`` still runs them on
-      ORT, at the same features.
+    - text transformers: no. MiniLM ran at 0.94-1.01x one batch at a time and 1.02-1.04x side
+      by side (2,000 texts): both engines spend ~75-80% of the time in fp32 GEMMs (torch
+      ``addmm`` on MKL, ORT ``MatMul`` on MLAS) and neither kernel beats the other here: a few
+      percent do not pay for an export. ``engine="onnx"`` still runs them on ORT.
     """
     if backbone.modality != "image":
         return False

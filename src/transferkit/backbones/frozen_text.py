@@ -45,7 +45,6 @@ class _FrozenText(Backbone):
 
     modality = TEXT
     frozen_only = True
-    parallel_batches = False  # its own runtime and threads
     pad_id = 0
 
     def collate(self, prepared: list[list[int]], augment: bool = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -14,6 +15,32 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMS_TEST = DATA / "sms_spam.test.csv"
+#: the settings that change how fast PyTorch (and its peers) run on the CPU
+THREAD_VARIABLES = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                    "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "TOKENIZERS_PARALLELISM")
+
+
+def thread_environment() -> dict[str, Any]:
+    """What a timing depends on besides the code: torch's thread count and the thread
+    variables set in the environment (an absent one is at its default). Recorded in every
+    results file, because they move peers and transferkit unequally: with
+    ``OMP_WAIT_POLICY=PASSIVE``, sentence-transformers' MiniLM extraction (two threads per
+    matrix product) ran 11% slower while transferkit's (one batch per thread) did not move."""
+    import torch
+
+    return {"torch_threads": torch.get_num_threads(),
+            **{k: os.environ[k] for k in THREAD_VARIABLES if k in os.environ}}
+
+
+def warn_if_tuned_threads() -> None:
+    """Peer timings are published from the default thread environment; say so when the
+    environment differs, so a number measured under it is not mistaken for one of those."""
+    tuned = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+             if k in os.environ}
+    if tuned:
+        print(f"warning: {tuned} is set; it slows the peers' multi-threaded matrix products "
+              "more than transferkit's, so peer ratios measured under it are not comparable "
+              "with the published ones (measured with these unset).", flush=True)
 
 
 def arguments(doc: str | None, **defaults: Any) -> argparse.ArgumentParser:
@@ -61,11 +88,13 @@ def write_results(bench: str, entries: list[dict[str, Any]], **details: Any) -> 
 
     from transferkit import __version__, git_commit
 
+    warn_if_tuned_threads()
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{bench}.json"
     payload = {"benchmark": bench, "transferkit": __version__, "commit": git_commit(),
                "torch": torch.__version__, "python": platform.python_version(),
-               "machine": platform.machine(), "entries": entries, **details}
+               "machine": platform.machine(), "threads": thread_environment(),
+               "entries": entries, **details}
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)

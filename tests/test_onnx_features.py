@@ -275,3 +275,40 @@ def test_auto_exports_for_large_extractions_of_weights_not_trained_here(root, mo
     assert stats.engine == "onnx"
     np.testing.assert_allclose(feats, tuned, atol=1e-4, rtol=0)
     assert np.abs(tuned - ref).max() > 1e-3
+
+
+def test_logmel_audio_backbones_take_onnx_like_their_image_model(root, monkeypatch, data_dir):
+    """``logmel-NAME`` is an image model on spectrograms: ``auto`` runs a convolutional one on
+    ORT (measured 3.4-4.4x faster), with PyTorch's features, and keeps an attention one on
+    PyTorch; resemblyzer's LSTM (1.01x) stays on PyTorch."""
+    from transferkit.backbones.audio_logmel import create_logmel
+
+    torch.manual_seed(0)
+    cnn = create_logmel("test_efficientnet", image_size=32, clip_seconds=0.5)
+    vit = create_logmel("test_vit", image_size=32, clip_seconds=0.5)
+    assert onnx_features.prefers_onnx(cnn) and not onnx_features.prefers_onnx(vit)
+    assert not onnx_features.prefers_onnx(load_backbone("resemblyzer"))
+    clips = sorted((data_dir / "keywords_espeak" / "train").glob("*/*.flac"))[::97][:6]
+    monkeypatch.setattr(onnx_features, "AUTO_EXPORT_MIN", len(clips))
+    ours, stats = extract_features(cnn, clips, batch_size=4, precision="fp32")
+    ref, torch_stats = extract_features(cnn, clips, batch_size=4, precision="fp32",
+                                        engine="torch")
+    assert (stats.engine, torch_stats.engine) == ("onnx", "torch")
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+
+
+def test_export_deleted_while_in_use_is_made_again_or_left_to_torch(root, tiny_bert_dir):
+    """A session for another thread count reopens the file checked at first; deleted since (a
+    cleared cache), it is exported again (``onnx``) or PyTorch runs (``auto``, a few inputs):
+    never an error."""
+    backbone = load_backbone(str(tiny_bert_dir))
+    assert onnx_features.feature_session(backbone, root, auto=False, n=4, threads=1)
+    path = _export_file(root, backbone)
+    path.unlink()
+    assert onnx_features.feature_session(backbone, root, auto=True, n=4, threads=2) is None
+    _, stats = extract_features(backbone, TEXTS, precision="fp32")
+    assert stats.engine == "torch"
+    ours, stats = extract_features(backbone, TEXTS, precision="fp32", engine="onnx")
+    assert stats.engine == "onnx" and path.is_file()
+    ref, _ = extract_features(backbone, TEXTS, precision="fp32", engine="torch")
+    np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)

@@ -31,8 +31,8 @@ from ..backbones.text import position_limit
 from ..data.examples import Examples
 from ..errors import ArtifactError, ConfigError, TransferkitError
 from ..train.cache import extract_features
-from ..train.onnx_features import EXPORTERS, export_graph, make_exportable
-from ..train.onnx_features import quiet as _quiet
+from ..train.onnx_graph import EXPORTERS, export_graph, make_exportable
+from ..train.onnx_graph import quiet as _quiet
 from .onnx_runtime import EXPORT_FILE, FP32_FILE, INT8_FILE, ONNX_DIR, OnnxEngine
 
 PARITY_TOLERANCE = 1e-4

@@ -98,9 +98,10 @@ def extract_features(
     ``engine``: ``torch``; ``onnx``: ONNX Runtime (``onnx_features``) for an exportable
     backbone on the CPU in fp32, PyTorch for anything else or when the export fails;
     ``auto`` (the default): ``onnx`` where ORT was measured faster (convolutional image
-    models; not text encoders, see ``onnx_features.prefers_onnx``), sparing a missing export
-    on a small extraction or on weights trained in this process. ``stats.engine`` says which
-    ran. Both engines give the same features (checked to 1e-4), so they share cache entries.
+    models, also under a log-mel front end; not text encoders: ``onnx_features.prefers_onnx``),
+    sparing a missing export on a small extraction or on weights trained in this process.
+    ``stats.engine`` says which ran. Both engines give the same features (checked to 1e-4), so
+    they share cache entries.
     """
     if engine not in ENGINES:
         raise ConfigError(f"Unknown engine '{engine}'. Choose one of: {', '.join(ENGINES)}.")

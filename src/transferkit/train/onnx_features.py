@@ -1,21 +1,20 @@
 """A frozen backbone's pooled features through ONNX Runtime, and the export machinery it shares
 with ``transferkit export --onnx``.
 
-On CPU in fp32, ORT runs convolutional image backbones 1.1-3.3x faster than PyTorch with
-features within 1e-4 (``prefers_onnx`` has the measurements, and why text encoders stay on
-PyTorch under ``engine="auto"``), which is what ranking many candidate backbones needs. The
-backbone alone (inputs = what its ``collate`` returns, output = pooled features ``[B, D]``) is
-exported once per fingerprint to ``<cache root>/onnx/<fingerprint>.onnx`` (temp file +
-rename: a killed export never leaves a half file behind), with dynamic batch and sequence
-axes. Every session is checked against the PyTorch backbone on a few inputs of very different
-lengths before it is used; a damaged or wrong file is re-exported, and whatever cannot be
-exported or checked runs on PyTorch (logged once, never an error).
+On CPU in fp32, ORT runs convolutional backbones (images, log-mel audio) 1.1-4.4x faster than
+PyTorch, features within 1e-4 (``prefers_onnx`` has the measurements, and why text stays on
+PyTorch under ``engine="auto"``): what ranking many candidates needs. The backbone alone
+(inputs = what its ``collate`` returns, output = pooled features ``[B, D]``) is exported once
+per fingerprint to ``<cache root>/onnx/<fingerprint>.onnx`` (temp file + rename: no half file
+survives a kill), dynamic batch and sequence axes. Each session is checked against PyTorch on
+inputs of very different lengths before use; a damaged or wrong file is re-exported, and what
+cannot be exported or checked runs on PyTorch (logged once, never an error).
 
-Weights that move: caches trust ``Backbone.fingerprint``, which training code refreshes only
-when it finishes. A tensor's version counter moves with every in-place update, so a backbone
-whose weights changed since its last extraction under the same fingerprint (an evaluation in
-the middle of a contrastive or prototypical training run) is run by PyTorch, and an export is
-named by a fingerprint computed afresh from the very copy that is exported.
+Weights that move: caches trust ``Backbone.fingerprint``, which training refreshes only when
+it ends. A tensor's version counter moves with every in-place update, so a backbone whose
+weights changed since its last extraction under the same fingerprint (an evaluation amid a
+contrastive or prototypical training run) is run by PyTorch; an export is named by a
+fingerprint computed afresh from the very copy exported.
 """
 
 from __future__ import annotations
@@ -23,10 +22,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import sys
-import warnings
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,97 +33,14 @@ from torch import nn
 
 from .._io import atomic_path, write_json
 from ..errors import ArtifactError
+from .onnx_graph import export_graph, is_peft, make_exportable
 
 log = logging.getLogger(__name__)
 
 ENGINES = ("auto", "torch", "onnx")
-EXPORTERS = ("auto", "torchscript", "dynamo")
-OPSET = 17  # TorchScript exporter
-DYNAMO_OPSET = 18  # the lowest the dynamo exporter writes natively
 FEATURES_OUTPUT = "features"
 PARITY_TOLERANCE = 1e-4
 MAX_EXPORT_BYTES = 2**31 - 2**26  # protobuf's 2 GB, less room for the graph itself
-
-
-# -- export machinery (shared with reuse/onnx_export.py) ------------------------------------
-@contextmanager
-def quiet():
-    """Tracer and quantiser chatter (shape-specialisation notes, 'consider pre-processing')
-    is for exporter developers; the parity check is what tells the user the export is right."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        root.setLevel(level)
-
-
-def is_peft(model: Any) -> bool:
-    """An unmerged peft (LoRA...) wrapper; peft is not imported just to ask."""
-    if "peft" not in sys.modules:
-        return False
-    from peft import PeftModel
-
-    return isinstance(model, PeftModel)
-
-
-def make_exportable(backbone: nn.Module) -> nn.Module:
-    """Prepare a *copy* of a backbone in place: LoRA merged, eager attention. The TorchScript
-    exporter traces eager attention into plain MatMul/Softmax, which ran faster in ORT than the
-    SDPA graph."""
-    inner = getattr(backbone, "model", None)
-    if inner is None:
-        return backbone
-    if is_peft(inner):
-        backbone.model = inner = inner.merge_and_unload()
-    if hasattr(inner, "set_attn_implementation"):
-        try:
-            inner.set_attn_implementation("eager")
-        except (ValueError, AttributeError, NotImplementedError):
-            pass
-    return backbone
-
-
-def export_graph(graph: nn.Module, sample: dict[str, torch.Tensor], path: Path, *,
-                 text: bool, exporter: str = "auto", output: str = "probabilities"
-                 ) -> tuple[str, int]:
-    """Write ``graph`` (positional inputs named and ordered as ``sample``) with the TorchScript
-    exporter (its eager-attention graph ran ~25% faster in ORT than the dynamo exporter's on
-    MiniLM), or the dynamo one if that fails; dynamic batch (and for text, sequence) axes.
-    Returns (exporter used, opset)."""
-    names = list(sample)
-    args = tuple(sample[n] for n in names)
-    errors: list[str] = []
-
-    def torchscript() -> int:
-        axes = {n: ({0: "batch", 1: "sequence"} if text else {0: "batch"}) for n in names}
-        axes[output] = {0: "batch"}
-        torch.onnx.export(graph, args, str(path), input_names=names, output_names=[output],
-                          dynamic_axes=axes, opset_version=OPSET, dynamo=False,
-                          do_constant_folding=True)
-        return OPSET
-
-    def dynamo() -> int:
-        batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence", min=1)
-        shapes = tuple({0: batch, 1: seq} if text else {0: batch} for _ in names)
-        torch.onnx.export(graph, args, str(path), input_names=names, output_names=[output],
-                          dynamic_shapes=(shapes,), opset_version=DYNAMO_OPSET, dynamo=True,
-                          external_data=False, verbose=False)
-        return DYNAMO_OPSET
-
-    chosen = ("torchscript", "dynamo") if exporter == "auto" else (exporter,)
-    for name in chosen:
-        try:
-            with torch.inference_mode(False), torch.no_grad(), quiet():
-                return name, (torchscript if name == "torchscript" else dynamo)()
-        except Exception as e:  # noqa: BLE001 - any tracing failure: try the next exporter
-            path.unlink(missing_ok=True)
-            errors.append(f"{name}: {str(e).splitlines()[0][:300] if str(e) else type(e)}")
-    raise ArtifactError(f"ONNX export failed ({'; '.join(errors)}). The dynamo exporter needs "
-                        "`pip install onnxscript`; please report the model if both fail.")
 
 
 class FeatureGraph(nn.Module):
@@ -164,18 +77,19 @@ def exportable(backbone: Any) -> str | None:
 
 def prefers_onnx(backbone: Any) -> bool:
     """Where ``engine="auto"`` takes ORT: where it was measured faster than PyTorch fp32 on
-    this project's CPU (2 cores, AVX-512; batch 32, per-batch alternation in one process):
+    this project's CPU (2 cores, AVX-512; batch 32, alternating in one process):
 
-    - convolutional timm models: EfficientNet-Lite0 3.3x at 224 px and 2.1x at 64 px with one
-      batch at a time, 1.6x at 64 px with batches side by side (``run_batches``), ResNet-18
-      1.7x, MobileNetV3-S 2.4x, ConvNeXt-atto 1.1x: yes;
-    - timm vision transformers (ViT-Ti 0.8x, DeiT-Ti 0.8x): no;
-    - text transformers: no. MiniLM ran at 0.94-1.01x one batch at a time and 1.02-1.04x side
-      by side (2,000 texts): both engines spend ~75-80% of the time in fp32 GEMMs (torch
-      ``addmm`` on MKL, ORT ``MatMul`` on MLAS) and neither kernel beats the other here: a few
-      percent do not pay for an export. ``engine="onnx"`` still runs them on ORT.
+    - convolutional timm models: EfficientNet-Lite0 3.3x at 224 px and 2.1x at 64 px one batch
+      at a time, 1.6-1.8x at 64 px with batches side by side (``run_batches``), ResNet-18 1.7x,
+      MobileNetV3-S 2.4x, ConvNeXt-atto 1.1x; as ``logmel-NAME`` on spectrograms (100
+      keywords_espeak clips, side by side) Lite0 3.4x, MobileNetV2 4.4x: yes;
+    - timm vision transformers (ViT-Ti 0.8x, DeiT-Ti 0.8x), resemblyzer's LSTM (1.01x): no;
+    - text transformers: no. MiniLM ran 1.04-1.05x side by side (2,000 texts): both engines
+      spend ~75-80% of the time in fp32 GEMMs (MKL, MLAS) and neither kernel beats the other
+      here; a few percent do not pay for an export. ``engine="onnx"`` still runs them on ORT.
     """
-    if backbone.modality != "image":
+    from ..backbones.audio_logmel import LogmelBackbone  # an image model on spectrograms
+    if backbone.modality != "image" and not isinstance(backbone, LogmelBackbone):
         return False
     return not any(type(m).__name__.endswith("Attention") or isinstance(m, nn.MultiheadAttention)
                    for m in backbone.modules())
@@ -191,9 +105,11 @@ class _Bound:
     state: str = "pending"  # "onnx", "torch", or "pending": not decided yet (no export)
     #: its weights changed in this process (trained here): auto spends no export on them
     trained: bool = False
-    #: its checked sessions by intra-op thread count (1 where batches run side by side)
+    #: its checked sessions by intra-op thread count (1 where batches run side by side), and
+    #: the file they were opened from (the cache root may have moved since)
     sessions: dict[int, Any] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
+    path: Path | None = None
 
 
 #: ``engine="auto"`` makes a missing export only for an extraction at least this large: a
@@ -252,9 +168,12 @@ def feature_session(backbone: Any, root: Path, *, auto: bool, n: int, threads: i
         if bound.state == "torch":
             return None
         if bound.state == "onnx":
-            if threads not in bound.sessions:  # the file was checked when first opened
-                bound.sessions[threads] = _open(_path(root, fingerprint), threads)
-            return bound.sessions[threads], bound.inputs
+            try:  # the file was checked when first opened
+                if threads not in bound.sessions:
+                    bound.sessions[threads] = _open(bound.path, threads)
+                return bound.sessions[threads], bound.inputs
+            except Exception:  # noqa: BLE001 - deleted since (a cleared cache): resolve afresh
+                bound.sessions.clear()
     may_export = not auto or (n >= AUTO_EXPORT_MIN and not trained)
     if not may_export and not _path(root, fingerprint).is_file():
         _BOUND[backbone] = _Bound(signature, fingerprint, "pending", trained=trained)
@@ -268,7 +187,7 @@ def feature_session(backbone: Any, root: Path, *, auto: bool, n: int, threads: i
                   f"features ({type(e).__name__}: {str(e)[:300]}); PyTorch runs them.")
         return None
     if opened is not None:
-        bound.state = "onnx"
+        bound.state, bound.path = "onnx", _path(root, fingerprint)
         bound.sessions[threads], bound.inputs = opened
     return opened
 

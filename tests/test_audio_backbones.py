@@ -174,6 +174,19 @@ def test_speech_embedding_batches_equal_single_clips(speech):
     np.testing.assert_allclose(batched, single, atol=1e-4)
 
 
+def test_speech_embedding_extraction_says_fp32_whatever_is_asked(speech, tmp_path):
+    """TFLite computes in fp32: bf16 asked for (or auto on a bf16 CPU) runs, caches and
+    reports fp32 -- one cache entry, not a second one labelled bf16."""
+    from transferkit.train.cache import FeatureCache, extract_features
+
+    cache, clips = FeatureCache(tmp_path), check_clips()
+    fp32, stats = extract_features(speech, clips, precision="fp32", cache=cache)
+    again, bf16_stats = extract_features(speech, clips, precision="bf16", cache=cache)
+    assert (stats.precision, bf16_stats.precision) == ("fp32", "fp32")
+    assert bf16_stats.from_cache and len(list(cache.root.rglob("*.npy"))) == 1
+    np.testing.assert_array_equal(fp32, again)
+
+
 def test_speech_embedding_saves_a_marker_and_refuses_training(speech, keywords, tmp_path):
     from transferkit import Classifier
     from transferkit.reuse.onnx_export import export_onnx

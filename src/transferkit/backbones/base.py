@@ -30,6 +30,9 @@ class Backbone(nn.Module):
     #: its forward may run in several threads at once, one core each (``run_batches``); not
     #: for runtimes that are not thread-safe or that pick their own thread count
     parallel_batches: bool = True
+    #: its forward is torch ops, which bf16 autocast runs in bf16; False for a backbone on a
+    #: runtime of its own (TFLite), whose features are fp32 whatever precision is asked for
+    autocasts: bool = True
 
     def __init__(self, source: str, resolved: str) -> None:
         super().__init__()

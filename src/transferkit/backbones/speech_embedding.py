@@ -179,6 +179,7 @@ class SpeechEmbeddingBackbone(AudioBackbone):
 
     frozen_only = True
     parallel_batches = False  # its own runtime and threads
+    autocasts = False  # TFLite computes in fp32
 
     def __init__(self, root: Path, *, source: str, resolved: str,
                  clip_seconds: float | None) -> None:

@@ -106,7 +106,8 @@ def extract_features(
     if engine not in ENGINES:
         raise ConfigError(f"Unknown engine '{engine}'. Choose one of: {', '.join(ENGINES)}.")
     device = device or default_device()
-    resolved = resolve_precision(precision, device)
+    # what runs, so what the cache key and the report say: fp32 on a runtime autocast misses
+    resolved = resolve_precision(precision, device) if backbone.autocasts else "fp32"
     stats = ExtractionStats(n=len(inputs), precision=resolved)
     start = time.perf_counter()
     key = None

@@ -156,3 +156,25 @@ def test_compare_budgets_fits_small_budgets_on_the_pristine_backbone(tmp_path, t
     small = fit_run(FitConfig(**common, out=str(tmp_path / "small"), per_class=4))
     assert row["accuracy"] == pytest.approx(small.metrics["accuracy"])
     assert row["n_train"] == 12
+
+
+def test_study_curve_labels_stay_inside_the_axes():
+    """The "90% of best" label sits inside the plot at any budget range (it was placed at the
+    linear x-limit before the axis turned logarithmic, and could land outside)."""
+    from transferkit.evaluate.study_report import curve_figure
+
+    for xs in ((8, 32, 128), (8, 32, 128, 512, 4265), (2, 4)):
+        curves = {s: {str(x): {"x": x, "accuracy_mean": acc * (1 - 1 / (x + 1)),
+                               "accuracy_std": 0.01} for x in xs}
+                  for s, acc in (("probe", 0.8), ("scratch", 0.6))}
+        fig = curve_figure({"curves": curves, "best_full_score": 0.8, "backbone": "minilm"})
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        box = ax.get_window_extent()
+        label = next(t for t in ax.texts if "90% of best" in t.get_text())
+        extent = label.get_window_extent()
+        assert box.x0 <= extent.x0 and extent.x1 <= box.x1, (xs, extent, box)
+        assert box.y0 <= extent.y0 and extent.y1 <= box.y1, (xs, extent, box)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

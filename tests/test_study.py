@@ -161,6 +161,8 @@ def test_compare_budgets_fits_small_budgets_on_the_pristine_backbone(tmp_path, t
 def test_study_curve_labels_stay_inside_the_axes():
     """The "90% of best" label sits inside the plot at any budget range (it was placed at the
     linear x-limit before the axis turned logarithmic, and could land outside)."""
+    import matplotlib.pyplot as plt
+
     from transferkit.evaluate.study_report import curve_figure
 
     for xs in ((8, 32, 128), (8, 32, 128, 512, 4265), (2, 4)):
@@ -175,6 +177,4 @@ def test_study_curve_labels_stay_inside_the_axes():
         extent = label.get_window_extent()
         assert box.x0 <= extent.x0 and extent.x1 <= box.x1, (xs, extent, box)
         assert box.y0 <= extent.y0 and extent.y1 <= box.y1, (xs, extent, box)
-        import matplotlib.pyplot as plt
-
         plt.close(fig)

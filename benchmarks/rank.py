@@ -105,6 +105,10 @@ def main() -> None:
     args = ap.parse_args()
     from common import RESULTS
 
+    if (args.merge or args.resummarise) and not (RESULTS / f"{args.name}.json").is_file():
+        raise SystemExit(f"no {RESULTS / args.name}.json to read: run without --merge or "
+                         "--resummarise first.")
+
     from transferkit.select.rank import DEFAULT_SCORE, default_candidates
     from transferkit.workflows.rank import rank_run
 

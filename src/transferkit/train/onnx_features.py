@@ -88,11 +88,10 @@ def prefers_onnx(backbone: Any) -> bool:
       spend ~75-80% of the time in fp32 GEMMs (MKL, MLAS) and neither kernel beats the other
       here; a few percent do not pay for an export. ``engine="onnx"`` still runs them on ORT.
     """
-    from ..backbones.audio_logmel import LogmelBackbone  # an image model on spectrograms
-    if backbone.modality != "image" and not isinstance(backbone, LogmelBackbone):
-        return False
-    return not any(type(m).__name__.endswith("Attention") or isinstance(m, nn.MultiheadAttention)
-                   for m in backbone.modules())
+    modules = list(backbone.modules())  # convolutional: 2-d convolutions and no attention
+    return any(isinstance(m, nn.Conv2d) for m in modules) and not any(
+        type(m).__name__.endswith("Attention") or isinstance(m, nn.MultiheadAttention)
+        for m in modules)
 
 
 # -- per-backbone state -----------------------------------------------------------------------

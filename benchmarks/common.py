@@ -15,9 +15,11 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SMS_TEST = DATA / "sms_spam.test.csv"
-#: the settings that change how fast PyTorch (and its peers) run on the CPU
-THREAD_VARIABLES = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                    "GOMP_SPINCOUNT", "KMP_BLOCKTIME", "TOKENIZERS_PARALLELISM")
+#: the settings that change how fast PyTorch (and its peers) run on the CPU; the wait
+#: policies among them slow the peers' multi-threaded matrix products more than transferkit's
+WAIT_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
+THREAD_VARIABLES = (*WAIT_VARIABLES, "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                    "TOKENIZERS_PARALLELISM")
 
 
 def thread_environment() -> dict[str, Any]:
@@ -35,8 +37,7 @@ def thread_environment() -> dict[str, Any]:
 def warn_if_tuned_threads() -> None:
     """Peer timings are published from the default thread environment; say so when the
     environment differs, so a number measured under it is not mistaken for one of those."""
-    tuned = {k: os.environ[k] for k in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
-             if k in os.environ}
+    tuned = {k: os.environ[k] for k in WAIT_VARIABLES if k in os.environ}
     if tuned:
         print(f"warning: {tuned} is set; it slows the peers' multi-threaded matrix products "
               "more than transferkit's, so peer ratios measured under it are not comparable "
